@@ -1,0 +1,43 @@
+"""Shared output helpers for experiments: provenance and atomic writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import jax
+
+
+def provenance() -> dict:
+  """Library versions and the device the run used."""
+  versions = {}
+  for package in ("jax", "jaxlib", "optax", "distrax", "chex", "tfp-nightly", "numpy", "scipy"):
+    try:
+      versions[package] = metadata.version(package)
+    except metadata.PackageNotFoundError:
+      versions[package] = None
+  return {
+    "versions": versions,
+    "python": platform.python_version(),
+    "machine": platform.machine(),
+    "devices": [str(d) for d in jax.devices()],
+    "x64": bool(jax.config.jax_enable_x64),
+  }
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+  """Writes JSON to a temporary file beside `path`, then renames it into place."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
+    json.dump(payload, handle, indent=2, default=float)
+    temporary = handle.name
+  os.replace(temporary, path)
+
+
+def config_dict(config) -> dict:
+  return dataclasses.asdict(config)

@@ -1,0 +1,57 @@
+"""klax: KL divergence, entropy, cross-entropy and the ELBO in JAX, and fitting by minimising them.
+
+Every divergence takes `p` first and means D(p ‖ q) = E_p[log p − log q].
+"""
+
+from klax import _registrations  # noqa: F401  (registers klax's closed forms with TFP)
+from klax._closed_form import UnsupportedDistributionError
+from klax._closed_form import cross_entropy
+from klax._closed_form import entropy
+from klax._closed_form import kl_divergence
+from klax._discrete import cross_entropy_logits
+from klax._discrete import cross_entropy_probs
+from klax._discrete import entropy_logits
+from klax._discrete import entropy_probs
+from klax._discrete import kl_divergence_logits
+from klax._discrete import kl_divergence_probs
+from klax._exponential_family import kl_divergence_exponential_family
+from klax._grid import kl_divergence_grid
+from klax._knn import kl_divergence_knn
+from klax._mixtures import kl_divergence_mixture_lower_bound
+from klax._mixtures import kl_divergence_mixture_matched_bound_approx
+from klax._mixtures import kl_divergence_mixture_product_approx
+from klax._mixtures import kl_divergence_mixture_upper_bound
+from klax._mixtures import kl_divergence_mixture_variational_approx
+from klax._monte_carlo import Estimate
+from klax._monte_carlo import cross_entropy_mc
+from klax._monte_carlo import entropy_mc
+from klax._monte_carlo import kl_divergence_mc
+from klax._monte_carlo import kl_from_log_ratio
+
+__version__ = "0.1.0"
+
+__all__ = (
+  "Estimate",
+  "UnsupportedDistributionError",
+  "cross_entropy",
+  "cross_entropy_logits",
+  "cross_entropy_mc",
+  "cross_entropy_probs",
+  "entropy",
+  "entropy_logits",
+  "entropy_mc",
+  "entropy_probs",
+  "kl_divergence",
+  "kl_divergence_exponential_family",
+  "kl_divergence_grid",
+  "kl_divergence_knn",
+  "kl_divergence_logits",
+  "kl_divergence_mc",
+  "kl_divergence_mixture_lower_bound",
+  "kl_divergence_mixture_matched_bound_approx",
+  "kl_divergence_mixture_product_approx",
+  "kl_divergence_mixture_upper_bound",
+  "kl_divergence_mixture_variational_approx",
+  "kl_divergence_probs",
+  "kl_from_log_ratio",
+)

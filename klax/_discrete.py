@@ -1,0 +1,187 @@
+"""KL divergence, entropy and cross-entropy of discrete distributions given as arrays.
+
+Each function reduces along `axis` (default: the last) and keeps every other axis, so a batch of
+distributions is a batch of rows. `where` (a boolean array broadcastable to the input) selects the
+entries that take part: masked-out entries are ignored by the sums and, for the `*_logits`
+functions, by the softmax normalisation too (as `jax.nn.log_softmax(..., where=...)`).
+
+Conventions (the same as `scipy.special.rel_entr` and `scipy.stats.entropy`):
+- 0 · log 0 = 0 and 0 · log(0 / q) = 0: entries where p = 0 contribute nothing.
+- p > 0 = q gives +inf.
+- Logits of -inf are probabilities of exactly 0, handled without NaN.
+- Gradients are finite wherever the value is finite. At p = 0 the derivative with respect to p is
+  taken as 0 (its one-sided limit is -inf; this is the convention of `jax.scipy.special.entr`).
+
+Input checks: arguments must be floating-point arrays of the same shape (`TypeError` or
+`ValueError` at trace time otherwise). float16 and bfloat16 inputs are promoted to float32.
+The `*_probs` functions also need valid probabilities: non-negative and summing to 1 within
+`PROBABILITY_TOLERANCE` along `axis`. Outside `jit` an invalid `p` or `q` raises `ValueError`;
+inside `jit` (or `vmap`) the result for an invalid row is NaN.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from klax import _checks
+
+PROBABILITY_TOLERANCE = 1e-4
+
+
+def _checked_arrays(arrays: dict, axis: int) -> tuple[list[jax.Array], int]:
+  """Checks `arrays` (name -> array-like): float, same shape; returns them and the axis."""
+  checked = [_checks.promote_low_precision(_checks.float_array(v, k)) for k, v in arrays.items()]
+  names = list(arrays)
+  for name, array in zip(names[1:], checked[1:], strict=True):
+    _checks.same_shape(checked[0], array, names[0], name)
+  return checked, _checks.normalize_axis(axis, checked[0].ndim, names[0])
+
+
+def _valid_probabilities(x: jax.Array, name: str, axis: int, where) -> jax.Array:
+  """Per-row validity of `x` as probabilities; raises `ValueError` when it can see them."""
+  non_negative = jnp.all(x >= 0, axis=axis, where=where)
+  total = jnp.sum(x, axis=axis, where=where)
+  valid = non_negative & (jnp.abs(total - 1) <= PROBABILITY_TOLERANCE)
+  if _checks.is_concrete(valid) and not bool(jnp.all(valid)):
+    raise ValueError(
+      f"`{name}` must hold probabilities along axis {axis}: non-negative, not NaN, and summing "
+      f"to 1 within {PROBABILITY_TOLERANCE}. Use the `*_logits` function for unnormalised "
+      "log-probabilities."
+    )
+  return valid
+
+
+def _nan_unless(valid: jax.Array, value: jax.Array) -> jax.Array:
+  return jnp.where(valid, value, jnp.nan)
+
+
+def _p_log_ratio(p: jax.Array, q: jax.Array) -> jax.Array:
+  """Elementwise p · log(p / q), 0 where p = 0, with finite gradients there."""
+  positive = p > 0
+  safe_p = jnp.where(positive, p, 1.0)
+  safe_q = jnp.where(positive, q, 1.0)
+  return jnp.where(positive, p * (jnp.log(safe_p) - jnp.log(safe_q)), 0.0)
+
+
+def _p_log_q(p: jax.Array, q: jax.Array) -> jax.Array:
+  """Elementwise p · log q, 0 where p = 0, with finite gradients there."""
+  positive = p > 0
+  safe_q = jnp.where(positive, q, 1.0)
+  return jnp.where(positive, p * jnp.log(safe_q), 0.0)
+
+
+def kl_divergence_probs(p, q, axis: int = -1, *, where=None) -> jax.Array:
+  """KL divergence between discrete distributions given by probabilities.
+
+  KL(p ‖ q) = Σ_i p_i log(p_i / q_i), summed along `axis`.
+
+  Args:
+    p: probabilities of the first distribution (the one expectations are taken under).
+    q: probabilities of the second distribution, same shape as `p`.
+    axis: the axis that indexes outcomes.
+    where: optional boolean mask of the outcomes to include.
+
+  Returns:
+    The divergence for each row, shape of `p` without `axis`. +inf where some p_i > 0 = q_i.
+
+  Example:
+    >>> import klax
+    >>> float(klax.kl_divergence_probs([0.5, 0.5], [0.9, 0.1]))  # doctest: +ELLIPSIS
+    0.5108...
+  """
+  (p, q), axis = _checked_arrays({"p": p, "q": q}, axis)
+  valid = _valid_probabilities(p, "p", axis, where) & _valid_probabilities(q, "q", axis, where)
+  return _nan_unless(valid, jnp.sum(_p_log_ratio(p, q), axis=axis, where=where))
+
+
+def entropy_probs(p, axis: int = -1, *, where=None) -> jax.Array:
+  """Shannon entropy (in nats) of a discrete distribution given by probabilities.
+
+  H(p) = -Σ_i p_i log p_i, summed along `axis`.
+
+  Example:
+    >>> import klax
+    >>> float(klax.entropy_probs([0.5, 0.5]))  # log 2  # doctest: +ELLIPSIS
+    0.6931...
+  """
+  (p,), axis = _checked_arrays({"p": p}, axis)
+  valid = _valid_probabilities(p, "p", axis, where)
+  return _nan_unless(valid, -jnp.sum(_p_log_q(p, p), axis=axis, where=where))
+
+
+def cross_entropy_probs(p, q, axis: int = -1, *, where=None) -> jax.Array:
+  """Cross-entropy (in nats) of `q` relative to `p`, both given by probabilities.
+
+  H(p, q) = -Σ_i p_i log q_i = H(p) + KL(p ‖ q), summed along `axis`.
+
+  Example:
+    >>> import klax
+    >>> float(klax.cross_entropy_probs([1.0, 0.0], [0.5, 0.5]))  # log 2  # doctest: +ELLIPSIS
+    0.6931...
+  """
+  (p, q), axis = _checked_arrays({"p": p, "q": q}, axis)
+  valid = _valid_probabilities(p, "p", axis, where) & _valid_probabilities(q, "q", axis, where)
+  return _nan_unless(valid, -jnp.sum(_p_log_q(p, q), axis=axis, where=where))
+
+
+def _log_softmax_pair(arrays: dict, axis: int, where) -> tuple[list[jax.Array], int]:
+  """Checks `arrays` (name -> logits) and returns their log-softmax along `axis`."""
+  checked, axis = _checked_arrays(arrays, axis)
+  return [jax.nn.log_softmax(x, axis=axis, where=where) for x in checked], axis
+
+
+def prob_times(log_p: jax.Array, values: jax.Array) -> jax.Array:
+  """Elementwise exp(log_p) · values, 0 where log_p = -inf, with finite gradients there."""
+  possible = log_p > -jnp.inf
+  safe_log_p = jnp.where(possible, log_p, 0.0)
+  safe_values = jnp.where(possible, values, 0.0)
+  return jnp.where(possible, jnp.exp(safe_log_p) * safe_values, 0.0)
+
+
+def kl_divergence_logits(p_logits, q_logits, axis: int = -1, *, where=None) -> jax.Array:
+  """KL divergence between discrete distributions given by logits (unnormalised log-probs).
+
+  KL(p ‖ q) = Σ_i p_i (log p_i − log q_i) with log p = log_softmax(p_logits) and
+  log q = log_softmax(q_logits) along `axis`. This is the per-token KL of RLHF and distillation.
+
+  Example:
+    >>> import jax.numpy as jnp, klax
+    >>> float(klax.kl_divergence_logits(jnp.log(jnp.array([0.5, 0.5])),
+    ...                                 jnp.log(jnp.array([0.9, 0.1]))))  # doctest: +ELLIPSIS
+    0.5108...
+  """
+  (log_p, log_q), axis = _log_softmax_pair(
+    {"p_logits": p_logits, "q_logits": q_logits}, axis, where
+  )
+  return jnp.sum(prob_times(log_p, log_p - log_q), axis=axis, where=where)
+
+
+def entropy_logits(logits, axis: int = -1, *, where=None) -> jax.Array:
+  """Shannon entropy (in nats) of the distribution softmax(logits) along `axis`.
+
+  H(p) = -Σ_i p_i log p_i with log p = log_softmax(logits).
+
+  Example:
+    >>> import jax.numpy as jnp, klax
+    >>> float(klax.entropy_logits(jnp.zeros(4)))  # log 4  # doctest: +ELLIPSIS
+    1.3862...
+  """
+  (log_p,), axis = _log_softmax_pair({"logits": logits}, axis, where)
+  return -jnp.sum(prob_times(log_p, log_p), axis=axis, where=where)
+
+
+def cross_entropy_logits(p_logits, q_logits, axis: int = -1, *, where=None) -> jax.Array:
+  """Cross-entropy of softmax(q_logits) relative to softmax(p_logits) along `axis`.
+
+  H(p, q) = -Σ_i p_i log q_i = H(p) + KL(p ‖ q).
+
+  Example:
+    >>> import jax.numpy as jnp, klax
+    >>> float(klax.cross_entropy_logits(jnp.zeros(2), jnp.zeros(2)))  # log 2  # doctest: +ELLIPSIS
+    0.6931...
+  """
+  (log_p, log_q), axis = _log_softmax_pair(
+    {"p_logits": p_logits, "q_logits": q_logits}, axis, where
+  )
+  return -jnp.sum(prob_times(log_p, log_q), axis=axis, where=where)

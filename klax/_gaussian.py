@@ -1,0 +1,85 @@
+"""Array-level formulas for Gaussians, shared by the closed forms and the mixture bounds.
+
+Every function takes means of shape [..., d] and lower Cholesky factors of the covariances of
+shape [..., d, d], and broadcasts over the leading axes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.jit
+def cholesky(matrix: jax.Array) -> jax.Array:
+  """Lower Cholesky factor of a batch of symmetric positive-definite matrices, in pure XLA.
+
+  Column by column: L[:, j] = (A[:, j] − L L[j, :]ᵀ) / L_jj, with L_jj = √(A_jj − ‖L[j, :j]‖²).
+  klax avoids `jnp.linalg.cholesky` and `solve_triangular` for batches: on CPU they call LAPACK
+  kernels that jaxlib 0.10 runs through a parallel batch map, and two such kernels running at
+  once were seen to deadlock on a 2-core machine. The loop is also faster for small d.
+  """
+  d = matrix.shape[-1]
+  rows = jnp.arange(d)
+
+  def column(j, chol):
+    residual = matrix[..., :, j] - jnp.einsum("...ik,...k->...i", chol, chol[..., j, :])
+    diagonal = jnp.sqrt(residual[..., j])
+    values = jnp.where(rows >= j, residual / diagonal[..., None], 0.0)
+    return chol.at[..., :, j].set(values)
+
+  return jax.lax.fori_loop(0, d, column, jnp.zeros_like(matrix))
+
+
+def _broadcast_solve(chol: jax.Array, rhs: jax.Array) -> jax.Array:
+  """L⁻¹ · rhs for lower-triangular `chol` [..., d, d] and `rhs` [..., d, k].
+
+  Forward substitution in pure XLA, broadcasting the leading axes of both (see `cholesky`).
+  """
+  batch = jnp.broadcast_shapes(chol.shape[:-2], rhs.shape[:-2])
+  chol = jnp.broadcast_to(chol, batch + chol.shape[-2:])
+  rhs = jnp.broadcast_to(rhs, batch + rhs.shape[-2:])
+
+  def row(i, solution):
+    partial = jnp.einsum("...j,...jk->...k", chol[..., i, :], solution)
+    return solution.at[..., i, :].set((rhs[..., i, :] - partial) / chol[..., i, i][..., None])
+
+  return jax.lax.fori_loop(0, chol.shape[-1], row, jnp.zeros_like(rhs))
+
+
+@jax.jit
+def log_det(chol: jax.Array) -> jax.Array:
+  """Log |Σ| = 2 Σ_i log L_ii for Σ = L Lᵀ."""
+  return 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+
+
+@jax.jit
+def kl(mean_p: jax.Array, chol_p: jax.Array, mean_q: jax.Array, chol_q: jax.Array) -> jax.Array:
+  """KL(N(m_p, Σ_p) ‖ N(m_q, Σ_q)).
+
+  = ½ [tr(Σ_q⁻¹ Σ_p) + (m_q − m_p)ᵀ Σ_q⁻¹ (m_q − m_p) − d + log|Σ_q| − log|Σ_p|],
+  computed from Cholesky factors: tr(Σ_q⁻¹ Σ_p) = ‖L_q⁻¹ L_p‖²_F.
+  """
+  d = mean_p.shape[-1]
+  trace = jnp.sum(_broadcast_solve(chol_q, chol_p) ** 2, axis=(-2, -1))
+  z = _broadcast_solve(chol_q, (mean_q - mean_p)[..., None])
+  mahalanobis = jnp.sum(z**2, axis=(-2, -1))
+  return 0.5 * (trace + mahalanobis - d + log_det(chol_q) - log_det(chol_p))
+
+
+@jax.jit
+def entropy(chol: jax.Array) -> jax.Array:
+  """H(N(m, Σ)) = ½ (d log(2πe) + log|Σ|)."""
+  d = chol.shape[-1]
+  return 0.5 * (d * math.log(2 * math.pi * math.e) + log_det(chol))
+
+
+@jax.jit
+def log_overlap(mean_a: jax.Array, cov_a: jax.Array, mean_b: jax.Array, cov_b: jax.Array):
+  """Log ∫ N(x; m_a, Σ_a) N(x; m_b, Σ_b) dx = log N(m_a; m_b, Σ_a + Σ_b)."""
+  d = mean_a.shape[-1]
+  chol = cholesky(cov_a + cov_b)
+  z = _broadcast_solve(chol, (mean_a - mean_b)[..., None])
+  return -0.5 * (d * math.log(2 * math.pi) + log_det(chol) + jnp.sum(z**2, axis=(-2, -1)))
