@@ -4,6 +4,7 @@ Every divergence takes `p` first and means D(p ‖ q) = E_p[log p − log q].
 """
 
 from klax import _registrations  # noqa: F401  (registers klax's closed forms with TFP)
+from klax import families
 from klax._closed_form import UnsupportedDistributionError
 from klax._closed_form import cross_entropy
 from klax._closed_form import entropy
@@ -15,6 +16,9 @@ from klax._discrete import entropy_probs
 from klax._discrete import kl_divergence_logits
 from klax._discrete import kl_divergence_probs
 from klax._exponential_family import kl_divergence_exponential_family
+from klax._fit import FitResult
+from klax._fit import fit
+from klax._fit import fit_batch
 from klax._grid import kl_divergence_grid
 from klax._knn import kl_divergence_knn
 from klax._mixtures import kl_divergence_mixture_lower_bound
@@ -27,20 +31,34 @@ from klax._monte_carlo import cross_entropy_mc
 from klax._monte_carlo import entropy_mc
 from klax._monte_carlo import kl_divergence_mc
 from klax._monte_carlo import kl_from_log_ratio
+from klax._objectives import elbo
+from klax._objectives import forward_kl_loss
+from klax._objectives import iwae_loss
+from klax._objectives import renyi_loss
+from klax._objectives import reverse_kl_loss
+from klax.families import Family
 
 __version__ = "0.1.0"
 
 __all__ = (
   "Estimate",
+  "Family",
+  "FitResult",
   "UnsupportedDistributionError",
   "cross_entropy",
   "cross_entropy_logits",
   "cross_entropy_mc",
   "cross_entropy_probs",
+  "elbo",
   "entropy",
   "entropy_logits",
   "entropy_mc",
   "entropy_probs",
+  "families",
+  "fit",
+  "fit_batch",
+  "forward_kl_loss",
+  "iwae_loss",
   "kl_divergence",
   "kl_divergence_exponential_family",
   "kl_divergence_grid",
@@ -54,4 +72,6 @@ __all__ = (
   "kl_divergence_mixture_variational_approx",
   "kl_divergence_probs",
   "kl_from_log_ratio",
+  "renyi_loss",
+  "reverse_kl_loss",
 )

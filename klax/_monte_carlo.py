@@ -68,7 +68,7 @@ def kl_from_log_ratio(log_ratio, estimator: str = "k1") -> jax.Array:
   return jnp.expm1(-log_ratio) + log_ratio
 
 
-def _mean_and_stderr(values: jax.Array) -> Estimate:
+def mean_and_stderr(values: jax.Array) -> Estimate:
   """Sample mean over axis 0 and its standard error, std (ddof=1) / √n."""
   n = values.shape[0]
   stderr = (
@@ -112,7 +112,7 @@ def kl_divergence_mc(p, q, key: jax.Array, num_samples: int, estimator: str = "k
   _checks.same_event_shape(p, q)
   estimator = _checks.estimator_name(estimator)
   x, log_p = _samples(p, key, num_samples)
-  return _mean_and_stderr(kl_from_log_ratio(log_p - q.log_prob(x), estimator))
+  return mean_and_stderr(kl_from_log_ratio(log_p - q.log_prob(x), estimator))
 
 
 def entropy_mc(p, key: jax.Array, num_samples: int) -> Estimate:
@@ -126,7 +126,7 @@ def entropy_mc(p, key: jax.Array, num_samples: int) -> Estimate:
   """
   _checks.distribution(p, "p")
   _, log_p = _samples(p, key, num_samples)
-  return _mean_and_stderr(-log_p)
+  return mean_and_stderr(-log_p)
 
 
 def cross_entropy_mc(p, q, key: jax.Array, num_samples: int) -> Estimate:
@@ -143,4 +143,4 @@ def cross_entropy_mc(p, q, key: jax.Array, num_samples: int) -> Estimate:
   _checks.distribution(q, "q")
   _checks.same_event_shape(p, q)
   x, _ = _samples(p, key, num_samples)
-  return _mean_and_stderr(-q.log_prob(x))
+  return mean_and_stderr(-q.log_prob(x))

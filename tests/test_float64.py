@@ -168,3 +168,40 @@ def test_exponential_family_and_mixtures_and_knn():
   nu = np.sort(np.linalg.norm(x[:, None] - y[None], axis=-1), 1)[:, 0]
   expected = 2 * np.mean(np.log(nu / rho)) + np.log(60 / 49)
   np.testing.assert_allclose(klax.kl_divergence_knn(x, y), expected, rtol=TOL)
+
+
+def test_seed_grid_objective_with_klax_fit_and_lbfgs():
+  """Seed 001's own computation: the grid KL minimised by optax.lbfgs through klax.fit."""
+  import optax
+
+  grid = jnp.arange(-10, 10, 0.01, dtype=jnp.float64)
+
+  def log_p(t):
+    return jnp.logaddexp(norm.logpdf(t, -3.0, 1.2), norm.logpdf(t, 3.0, 1.2))
+
+  def log_q(params):
+    return lambda t: norm.logpdf(t, params[0], jnp.exp(params[1]))
+
+  def forward(params, key):
+    del key
+    return klax.kl_divergence_grid(log_p, log_q(params), grid)
+
+  def reverse(params, key):
+    del key
+    return klax.kl_divergence_grid(log_q(params), log_p, grid)
+
+  init = jnp.array([-3.0, np.log(1.2)])
+  result = klax.fit(forward, init, optax.lbfgs(), jax.random.key(0), 100)
+  mu, sigma = float(result.params[0]), float(np.exp(result.params[1]))
+  assert (
+    abs(mu - 1.17e-4) < 1e-5
+    and round(sigma, 5) == 3.26839
+    and round(float(result.losses[-1]), 5) == 0.31247
+  )
+  result = klax.fit(reverse, init, optax.lbfgs(), jax.random.key(0), 100)
+  mu, sigma = float(result.params[0]), float(np.exp(result.params[1]))
+  assert (
+    round(mu, 5) == -2.86331
+    and round(sigma, 5) == 1.36376
+    and round(float(result.losses[-1]), 5) == 0.66646
+  )

@@ -1,0 +1,268 @@
+"""fit and fit_batch on seed 001's problem, against references computed with scipy."""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.scipy.stats import norm
+from scipy import integrate
+from scipy import optimize
+from scipy import stats
+
+import klax
+from klax import families
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def log_p(x):  # P = ½ N(−3, 1.2²) + ½ N(3, 1.2²), normalised.
+  return jnp.logaddexp(norm.logpdf(x, -3.0, 1.2), norm.logpdf(x, 3.0, 1.2)) - jnp.log(2.0)
+
+
+def _reverse_kl_scipy(theta):
+  mu, sigma = theta
+
+  def integrand(x):
+    log_q = stats.norm.logpdf(x, mu, sigma)
+    log_target = np.logaddexp(stats.norm.logpdf(x, -3, 1.2), stats.norm.logpdf(x, 3, 1.2)) - np.log(
+      2
+    )
+    return np.exp(log_q) * (log_q - log_target)
+
+  return integrate.quad(integrand, mu - 12 * sigma, mu + 12 * sigma, limit=200)[0]
+
+
+def _reverse_kl_basins():
+  """Every local minimum of KL(N(μ, σ²) ‖ P), found independently with scipy (quadrature +
+  Nelder–Mead from a grid of starts, deduplicated)."""
+  minima = []
+  for mu0 in (-3.0, 0.0, 3.0):
+    for sigma0 in (1.0, 3.0):
+      res = optimize.minimize(
+        _reverse_kl_scipy,
+        [mu0, sigma0],
+        method="Nelder-Mead",
+        options={"xatol": 1e-6, "fatol": 1e-10},
+      )
+      if not any(np.allclose(res.x, m[:2], atol=1e-2) for m in minima):
+        minima.append((*res.x, res.fun))
+  return sorted(minima)
+
+
+REVERSE = klax.reverse_kl_loss(families.normal(), log_p, 64)
+
+
+def test_forward_fit_is_the_mle_and_moment_matches():
+  data = np.random.default_rng(0).choice([-3.0, 3.0], size=20_000) + 1.2 * np.random.default_rng(
+    1
+  ).normal(size=20_000)
+  loss = klax.forward_kl_loss(families.normal(), jnp.asarray(data, jnp.float32))
+  result = klax.fit(
+    loss, {"loc": jnp.array(-3.0), "log_scale": jnp.log(1.2)}, optax.lbfgs(), jax.random.key(0), 50
+  )
+  loc, scale = float(result.params["loc"]), float(jnp.exp(result.params["log_scale"]))
+  # The Gaussian MLE in closed form (numpy) ...
+  np.testing.assert_allclose([loc, scale], [data.mean(), data.std()], atol=2e-4)
+  # ... approaches the exact forward-KL minimiser, μ = 0, σ = √(1.2² + 3²), within MC precision.
+  assert abs(loc) < 4 * 3.2311 / np.sqrt(len(data))
+  assert abs(scale - np.sqrt(1.2**2 + 9)) < 4 * np.sqrt(np.var(data**2) / len(data)) / (2 * 3.2311)
+
+
+@pytest.mark.parametrize("sign", [-1.0, 1.0])
+def test_reverse_fit_lands_on_the_seed_solution_and_its_mirror(sign):
+  schedule = optax.cosine_decay_schedule(0.03, 3000)
+  init = {"loc": jnp.array(3.0 * sign), "log_scale": jnp.log(1.2)}
+  result = klax.fit(
+    klax.reverse_kl_loss(families.normal(), log_p, 256),
+    init,
+    optax.adam(schedule),
+    jax.random.key(1),
+    3000,
+  )
+  assert abs(float(result.params["loc"]) - sign * 2.8633) < 0.01
+  assert abs(float(jnp.exp(result.params["log_scale"])) - 1.3637) < 0.01
+  assert (
+    abs(
+      _reverse_kl_scipy([float(result.params["loc"]), float(jnp.exp(result.params["log_scale"]))])
+      - 0.66646
+    )
+    < 1e-3
+  )
+
+
+def test_fit_batch_finds_every_basin_of_the_reverse_kl():
+  basins = _reverse_kl_basins()
+  assert len(basins) >= 2
+  starts = {
+    "loc": jnp.linspace(-6.0, 6.0, 64),
+    "log_scale": jnp.tile(jnp.log(jnp.array([0.5, 1.0, 2.0, 4.0])), 16),
+  }
+  result = klax.fit_batch(
+    REVERSE,
+    starts,
+    optax.adam(optax.cosine_decay_schedule(0.05, 3000)),
+    jax.random.key(2),
+    3000,
+    trace_every=100,
+  )
+  fitted = np.c_[np.asarray(result.params["loc"]), np.exp(np.asarray(result.params["log_scale"]))]
+  distances = np.linalg.norm(fitted[:, None, :] - np.array(basins)[None, :, :2], axis=-1)
+  assert np.all(distances.min(axis=1) < 0.1), "every fit ends in a basin found by scipy"
+  found = {int(i) for i in distances.argmin(axis=1)}
+  assert found == set(range(len(basins))), f"basins {basins}, reached {sorted(found)}"
+  assert not bool(jnp.any(result.diverged))
+
+
+def test_member_of_fit_batch_equals_fit_and_chunks_change_nothing():
+  starts = {"loc": jnp.array([-2.0, 0.5, 1.0, 4.0, -5.0]), "log_scale": jnp.zeros(5)}
+  optimizer = optax.adam(0.05)
+  whole = klax.fit_batch(REVERSE, starts, optimizer, jax.random.key(3), 40)
+  chunked = klax.fit_batch(REVERSE, starts, optimizer, jax.random.key(3), 40, chunk_size=2)
+  # Different chunk sizes compile to different vector widths: equal to float32 rounding.
+  chex.assert_trees_all_close(whole, chunked, rtol=1e-6, atol=1e-6)
+  keys = jax.random.split(jax.random.key(3), 5)
+  single = klax.fit(REVERSE, jax.tree.map(lambda x: x[3], starts), optimizer, keys[3], 40)
+  chex.assert_trees_all_close(jax.tree.map(lambda x: x[3], whole), single, rtol=1e-6, atol=1e-6)
+  again = klax.fit_batch(REVERSE, starts, optimizer, jax.random.key(3), 40)
+  chex.assert_trees_all_close(whole, again, atol=0, rtol=0)  # Same key, bit-identical.
+  assert whole.losses.shape == (5, 40)
+
+
+def test_no_recompilation_for_the_same_loss_optimizer_and_sizes():
+  traced = chex.assert_max_traces(lambda params, key: (params["loc"] - 1.0) ** 2, n=1)
+  optimizer = optax.sgd(0.1)
+  starts = {"loc": jnp.zeros(8)}
+  klax.fit_batch(traced, starts, optimizer, jax.random.key(0), 10, chunk_size=4)
+  klax.fit_batch(traced, {"loc": jnp.ones(8)}, optimizer, jax.random.key(1), 10, chunk_size=4)
+  klax.fit_batch(
+    traced, {"loc": jnp.ones(7)}, optimizer, jax.random.key(1), 10, chunk_size=4
+  )  # Padded.
+
+
+def test_lbfgs_converges_on_a_deterministic_loss():
+  def rosenbrock(params, key):
+    del key
+    x, y = params[0], params[1]
+    return (1 - x) ** 2 + 100 * (y - x**2) ** 2
+
+  result = klax.fit(rosenbrock, jnp.array([-1.2, 1.0]), optax.lbfgs(), jax.random.key(0), 100)
+  np.testing.assert_allclose(result.params, [1.0, 1.0], atol=1e-3)
+  batch = klax.fit_batch(
+    rosenbrock, jnp.array([[-1.2, 1.0], [2.0, 3.0]]), optax.lbfgs(), jax.random.key(0), 100
+  )
+  np.testing.assert_allclose(batch.params, np.ones((2, 2)), atol=1e-3)
+
+
+def test_non_finite_losses_freeze_only_that_member_and_warn():
+  def loss(params, key):
+    del key
+    x = params["x"]
+    return jnp.where((x > 2.0) & (x < 4.5), jnp.nan, (x - 5.0) ** 2)  # Non-finite on (2, 4.5).
+
+  starts = {"x": jnp.array([0.0, 6.0, 4.0])}
+  with pytest.warns(RuntimeWarning, match="2 fit"):
+    result = klax.fit_batch(loss, starts, optax.sgd(0.1), jax.random.key(0), 50)
+  # sgd from 0: 0 → 1 → 1.8 → 2.44 (loss NaN at step 3): it keeps 1.8, the last finite one.
+  assert int(result.diverged_at[0]) == 3 and abs(float(result.params["x"][0]) - 1.8) < 1e-6
+  assert int(result.diverged_at[2]) == 0 and float(result.params["x"][2]) == 4.0  # Kept its start.
+  assert int(result.diverged_at[1]) == -1 and abs(float(result.params["x"][1]) - 5.0) < 1e-3
+  assert bool(result.diverged[0]) and not bool(result.diverged[1])
+  assert np.isnan(np.asarray(result.losses[0, -1]))
+
+
+def test_fit_runs_under_jit_and_vmap():
+  optimizer = optax.adam(0.05)
+
+  @jax.jit
+  def run(loc):
+    return klax.fit(
+      REVERSE, {"loc": loc, "log_scale": jnp.array(0.0)}, optimizer, jax.random.key(0), 20
+    ).params["loc"]
+
+  eager = klax.fit(
+    REVERSE, {"loc": jnp.array(1.0), "log_scale": jnp.array(0.0)}, optimizer, jax.random.key(0), 20
+  )
+  np.testing.assert_allclose(run(jnp.array(1.0)), eager.params["loc"], rtol=1e-5)
+  np.testing.assert_allclose(
+    jax.vmap(run)(jnp.array([1.0, 2.0]))[0], eager.params["loc"], rtol=1e-5
+  )
+
+
+def test_progress_bar_and_trace_every(capsys):
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    result = klax.fit_batch(
+      REVERSE,
+      {"loc": jnp.zeros(3), "log_scale": jnp.zeros(3)},
+      optax.adam(0.01),
+      jax.random.key(0),
+      200,
+      trace_every=10,
+      progress=True,
+      chunk_size=2,
+    )
+  assert result.losses.shape == (3, 20)
+  assert "fit_batch" in capsys.readouterr().err
+
+
+def test_bad_arguments():
+  with pytest.raises(ValueError, match="`trace_every`=3 must divide `num_steps`=10"):
+    klax.fit(
+      REVERSE, {"loc": 0.0, "log_scale": 0.0}, optax.adam(0.1), jax.random.key(0), 10, trace_every=3
+    )
+  with pytest.raises(ValueError, match="same leading"):
+    klax.fit_batch(
+      REVERSE,
+      {"loc": jnp.zeros(3), "log_scale": jnp.zeros(4)},
+      optax.adam(0.1),
+      jax.random.key(0),
+      10,
+    )
+  with pytest.raises(TypeError, match="`optimizer` must be an optax"):
+    klax.fit(REVERSE, {"loc": 0.0, "log_scale": 0.0}, "adam", jax.random.key(0), 10)
+  with pytest.raises(ValueError, match="`num_steps` must be positive"):
+    klax.fit(REVERSE, {"loc": 0.0, "log_scale": 0.0}, optax.adam(0.1), jax.random.key(0), 0)
+
+
+_SHARDED_SCRIPT = """
+import json, sys, jax, jax.numpy as jnp, optax, klax
+from jax.scipy.stats import norm
+def log_p(x):
+  return jnp.logaddexp(norm.logpdf(x, -3.0, 1.2), norm.logpdf(x, 3.0, 1.2))
+loss = klax.reverse_kl_loss(klax.families.normal(), log_p, 16)
+starts = {"loc": jnp.linspace(-4.0, 4.0, 10), "log_scale": jnp.zeros(10)}
+result = klax.fit_batch(loss, starts, optax.adam(0.05), jax.random.key(7), 30, chunk_size=int(sys.argv[1]))
+print(json.dumps({"devices": len(jax.devices()), "loc": result.params["loc"].tolist(), "losses": result.losses[:, -1].tolist()}))
+"""
+
+
+@pytest.mark.parametrize("chunk_size", [10, 3])
+def test_four_cpu_devices_give_the_same_results_as_one(chunk_size):
+  outputs = []
+  for count in (1, 4):
+    env = {
+      **os.environ,
+      "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}",
+      "PYTHONPATH": str(ROOT),
+    }
+    run = subprocess.run(
+      [sys.executable, "-c", _SHARDED_SCRIPT, str(chunk_size)],
+      capture_output=True,
+      text=True,
+      env=env,
+      check=True,
+      timeout=300,
+    )
+    outputs.append(json.loads(run.stdout.strip().splitlines()[-1]))
+  assert [o["devices"] for o in outputs] == [1, 4]
+  np.testing.assert_allclose(outputs[0]["loc"], outputs[1]["loc"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(outputs[0]["losses"], outputs[1]["losses"], rtol=1e-5, atol=1e-6)
