@@ -23,6 +23,7 @@ import jax
 jax.config.update("jax_enable_x64", True)  # The seed's scipy computation is float64.
 
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from jax.scipy.stats import norm  # noqa: E402
 
@@ -33,6 +34,7 @@ try:  # Run as a script or imported as experiments.forward_vs_reverse.
 except ImportError:  # pragma: no cover
   import _io  # type: ignore[no-redef]
 
+KEY = jax.random.key(20261122)
 SEED_TABLE = {
   "forward": {"mu": 1.17480310e-04, "sigma": 3.26838899, "kl": 0.31247},
   "reverse": {"mu": -2.86330876, "sigma": 1.36375868, "kl": 0.66646},
@@ -52,11 +54,15 @@ class Config:
   grid_step: float = 0.01
   lbfgs_steps: int = 100
   wide_limits: tuple[float, ...] = (10.0, 15.0, 20.0, 30.0)
+  num_starts: int = 1000
+  adam_steps: int = 2000
+  num_samples: int = 64
   out: str = "results/forward_vs_reverse"
 
   @classmethod
   def quick(cls, **overrides) -> Config:
-    return cls(**{"lbfgs_steps": 60, "wide_limits": (10.0, 30.0), **overrides})
+    sizes = {"lbfgs_steps": 60, "wide_limits": (10.0, 30.0), "num_starts": 64, "adam_steps": 1000}
+    return cls(**{**sizes, **overrides})
 
 
 def log_p(x):
@@ -82,24 +88,53 @@ def grid_objectives(grid):
 
 
 def minimise_lbfgs(objective, init, num_steps):
-  """L-BFGS with optax (zoom line search), as a `lax.scan`; returns params and values."""
-  optimizer = optax.lbfgs()
-  value_and_grad = optax.value_and_grad_from_state(objective)
-
-  def step(carry, _):
-    params, state = carry
-    value, grad = value_and_grad(params, state=state)
-    updates, state = optimizer.update(
-      grad, state, params, value=value, grad=grad, value_fn=objective
-    )
-    return (optax.apply_updates(params, updates), state), value
-
-  (params, _), values = jax.lax.scan(step, (init, optimizer.init(init)), length=num_steps)
-  return params, values
+  """L-BFGS (optax, zoom line search) through `klax.fit`; returns params and the loss trace."""
+  result = klax.fit(lambda params, key: objective(params), init, optax.lbfgs(), KEY, num_steps)
+  return result.params, result.losses
 
 
 def _as_gaussian(params):
   return {"mu": float(params[0]), "sigma": float(jnp.exp(params[1]))}
+
+
+def multi_start(config: Config) -> dict:
+  """Reverse-KL fits from many random starts in one `klax.fit_batch`; groups the end points.
+
+  Each basin's KL(Q ‖ P) is then computed by quadrature over the whole line (not by the fit).
+  """
+  key_loc, key_scale, key_fit = jax.random.split(KEY, 3)
+  starts = {
+    "loc": jax.random.uniform(key_loc, (config.num_starts,), minval=-6.0, maxval=6.0),
+    "log_scale": jax.random.uniform(
+      key_scale, (config.num_starts,), minval=math.log(0.3), maxval=math.log(5.0)
+    ),
+  }
+  normalised = lambda x: log_p(x) - math.log(2.0)  # noqa: E731
+  loss = klax.reverse_kl_loss(klax.families.normal(), normalised, config.num_samples)
+  schedule = optax.cosine_decay_schedule(0.05, config.adam_steps)
+  result = klax.fit_batch(
+    loss, starts, optax.adam(schedule), key_fit, config.adam_steps, trace_every=config.adam_steps
+  )
+  mu = np.asarray(result.params["loc"])
+  sigma = np.exp(np.asarray(result.params["log_scale"]))
+  line = jnp.linspace(-60.0, 60.0, 24_001)
+  basins = []
+  for m, s in zip(mu, sigma, strict=True):
+    for basin in basins:
+      if abs(basin["mu"] - m) < 0.2 and abs(basin["sigma"] - s) < 0.2:
+        basin["members"].append((m, s))
+        break
+    else:
+      basins.append({"mu": float(m), "sigma": float(s), "members": [(m, s)]})
+  summary = []
+  for basin in basins:
+    members = np.array(basin["members"])
+    centre = members.mean(axis=0)
+    params = jnp.array([centre[0], math.log(centre[1])])
+    kl = klax.kl_divergence_grid(_log_q(params), normalised, line, normalize=False)
+    summary.append({"mu": centre[0], "sigma": centre[1], "count": len(members), "kl": float(kl)})
+  summary.sort(key=lambda b: b["kl"])
+  return {"basins": summary, "fitted_mu": mu.tolist(), "fitted_sigma": sigma.tolist()}
 
 
 def _cross_values(grid, forward_params, reverse_params) -> dict:
@@ -118,7 +153,7 @@ def run(config: Config) -> dict:
   grid = jnp.arange(-10.0, 10.0, config.grid_step)
   forward, reverse = grid_objectives(grid)
   init = jnp.array([-3.0, math.log(1.2)])
-  fit = jax.jit(minimise_lbfgs, static_argnums=(0, 2))
+  fit = minimise_lbfgs
   forward_params, forward_trace = fit(forward, init, config.lbfgs_steps)
   reverse_params, reverse_trace = fit(reverse, init, config.lbfgs_steps)
   # The seed prints its four cross values for the rounded densities it plots:
@@ -139,7 +174,9 @@ def run(config: Config) -> dict:
   exact_forward_kl = klax.kl_divergence_grid(
     lambda x: log_p(x) - math.log(2.0), _log_q(exact_params), line, normalize=False
   )
+  starts = multi_start(config)
   return {
+    "multi_start": starts,
     "forward": {**_as_gaussian(forward_params), "kl": float(forward_trace[-1])},
     "reverse": {**_as_gaussian(reverse_params), "kl": float(reverse_trace[-1])},
     "cross": cross_rounded,
@@ -170,6 +207,17 @@ def format_table(results: dict) -> str:
     rows.append(
       f"| forward σ on [−{limit:g}, {limit:g}) | — | {row['sigma']:.5f} | grid truncation |"
     )
+  rows += [
+    "",
+    "Reverse-KL basins from the multi-start fit (KL by quadrature over the whole line):",
+    "",
+  ]
+  rows += ["| basin | μ | σ | fits | KL(Q ‖ P) |", "|---|---|---|---|---|"]
+  for i, basin in enumerate(results["multi_start"]["basins"]):
+    label = "global minimum" if i == 0 else "local minimum"
+    rows.append(
+      f"| {label} | {basin['mu']:.4f} | {basin['sigma']:.4f} | {basin['count']} | {basin['kl']:.5f} |"
+    )
   return "\n".join(rows)
 
 
@@ -197,6 +245,28 @@ def plot(results: dict, path: Path) -> None:
   plt.close(fig)
 
 
+def plot_basins(results: dict, path: Path) -> None:
+  """Where the multi-start reverse-KL fits land, with each basin's KL."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(9, 4.5))
+  ax.hist(results["multi_start"]["fitted_mu"], bins=80, color="tab:purple", label="fitted μ")
+  for basin in results["multi_start"]["basins"]:
+    label = f"μ = {basin['mu']:.3f}, σ = {basin['sigma']:.3f}: KL = {basin['kl']:.4f} ({basin['count']} fits)"
+    ax.axvline(basin["mu"], color="black", linestyle=":", linewidth=1)
+    ax.plot([], [], " ", label=label)
+  ax.set_xlabel("fitted μ of Q = N(μ, σ²)")
+  ax.set_ylabel("number of fits")
+  ax.set_title("Reverse KL from random starts: three basins; the wide central one is global")
+  ax.legend(loc="upper center", fontsize="small")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="small sizes (for tests)")
@@ -207,10 +277,11 @@ def main(argv=None) -> dict:
   out = Path(config.out)
   out.mkdir(parents=True, exist_ok=True)
   plot(results, out / "densities.png")
+  plot_basins(results, out / "basins.png")
   payload = {"config": _io.config_dict(config), "results": results, **_io.provenance()}
   _io.write_json_atomic(out / "results.json", payload)
   print(format_table(results))
-  print(f"\nwrote {out / 'results.json'} and {out / 'densities.png'}")
+  print(f"\nwrote {out / 'results.json'}, {out / 'densities.png'} and {out / 'basins.png'}")
   return results
 
 

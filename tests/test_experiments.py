@@ -42,5 +42,14 @@ def test_forward_vs_reverse_reproduces_seed_001(tmp_path):
   # The truncation finding: on a wide grid the forward σ is the exact √(1.2² + 3²) = 3.2311.
   widest = results["grid_truncation"][-1]
   assert abs(widest["sigma"] - 3.2311) < 1e-4
+  # Multi-start: the seed's reverse solution is a local minimum; the global one is the wide
+  # N(0, 2.8687²) with KL 0.48106 (scipy quadrature + Nelder–Mead: see tests/test_fit.py).
+  basins = results["multi_start"]["basins"]
+  assert len(basins) == 3
+  assert abs(basins[0]["mu"]) < 0.05 and abs(basins[0]["sigma"] - 2.8687) < 0.02
+  assert abs(basins[0]["kl"] - 0.48106) < 1e-3
+  for basin in basins[1:]:
+    assert abs(abs(basin["mu"]) - 2.8633) < 0.02 and abs(basin["kl"] - 0.66646) < 1e-3
   assert (tmp_path / "densities.png").stat().st_size > 10_000
+  assert (tmp_path / "basins.png").stat().st_size > 10_000
   assert payload["versions"]["jax"] and payload["config"]["lbfgs_steps"] > 0

@@ -55,7 +55,7 @@ def test_full_rank_normal_has_a_positive_diagonal_cholesky_factor():
   assert np.all(np.diag(tril) > 0) and np.allclose(tril, np.tril(tril))
   softplus = np.log1p(np.exp([-5.0, 0.0, 4.0]))
   expected = np.array([[softplus[0], 0, 0], [1.0, softplus[1], 0], [2.0, 3.0, softplus[2]]])
-  x = np.array([0.3, -0.2, 1.0])
+  x = np.array([0.3, -0.2, 1.0], np.float32)
   np.testing.assert_allclose(
     q.log_prob(x),
     scipy.stats.multivariate_normal(np.zeros(3), expected @ expected.T).logpdf(x),
