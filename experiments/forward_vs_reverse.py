@@ -12,13 +12,16 @@ Run: python experiments/forward_vs_reverse.py [--quick] [--out DIR]
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
+import sys
 import time
 from pathlib import Path
 
 import jax
+
+if __package__ in (None, ""):  # Run as a script: make the `experiments` package importable.
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 jax.config.update("jax_enable_x64", True)  # The seed's scipy computation is float64.
 
@@ -28,11 +31,7 @@ import optax  # noqa: E402
 from jax.scipy.stats import norm  # noqa: E402
 
 import klax  # noqa: E402
-
-try:  # Run as a script or imported as experiments.forward_vs_reverse.
-  from experiments import _io
-except ImportError:  # pragma: no cover
-  import _io  # type: ignore[no-redef]
+from experiments import _cli  # noqa: E402
 
 KEY = jax.random.key(20261122)
 SEED_TABLE = {
@@ -223,11 +222,7 @@ def format_table(results: dict) -> str:
 
 def plot(results: dict, path: Path) -> None:
   """P, Q_forward and Q_reverse, as the seed plots them."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = _cli.pyplot()
   x = jnp.arange(-10.0, 10.0, 0.01)
   fig, ax = plt.subplots(figsize=(9, 4.5))
   ax.fill_between(x, jnp.exp(log_p(x)), alpha=0.5, label="P(x) (unnormalised, as in the seed)")
@@ -247,11 +242,7 @@ def plot(results: dict, path: Path) -> None:
 
 def plot_basins(results: dict, path: Path) -> None:
   """Where the multi-start reverse-KL fits land, with each basin's KL."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = _cli.pyplot()
   fig, ax = plt.subplots(figsize=(9, 4.5))
   ax.hist(results["multi_start"]["fitted_mu"], bins=80, color="tab:purple", label="fitted μ")
   for basin in results["multi_start"]["basins"]:
@@ -268,21 +259,9 @@ def plot_basins(results: dict, path: Path) -> None:
 
 
 def main(argv=None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="small sizes (for tests)")
-  parser.add_argument("--out", default=Config.out, help="output folder")
-  args = parser.parse_args(argv)
-  config = Config.quick(out=args.out) if args.quick else Config(out=args.out)
-  results = run(config)
-  out = Path(config.out)
-  out.mkdir(parents=True, exist_ok=True)
-  plot(results, out / "densities.png")
-  plot_basins(results, out / "basins.png")
-  payload = {"config": _io.config_dict(config), "results": results, **_io.provenance()}
-  _io.write_json_atomic(out / "results.json", payload)
-  print(format_table(results))
-  print(f"\nwrote {out / 'results.json'}, {out / 'densities.png'} and {out / 'basins.png'}")
-  return results
+  figures = {"densities.png": plot, "basins.png": plot_basins}
+  description = __doc__.splitlines()[0]
+  return _cli.main("forward_vs_reverse", description, Config, run, format_table, figures, argv)
 
 
 if __name__ == "__main__":

@@ -294,7 +294,7 @@ def fit_batch(
     optimizer: an optax `GradientTransformation` (one state per member).
     key: a `jax.random` key, split into one stream per member.
     num_steps: optimiser steps per member.
-    chunk_size: members per compiled call (default: min(B, 65,536)), rounded up to a multiple
+    chunk_size: members per compiled call, at most B (default 65,536), rounded up to a multiple
       of the number of devices.
     trace_every: record the loss every this many steps (memory: B × num_steps / trace_every).
     progress: show a tqdm bar over chunks × steps.
@@ -307,7 +307,7 @@ def fit_batch(
   loss, optimizer = _loss(loss), _optimizer(optimizer)
   size = _batch_size(params_batch)
   devices = jax.devices()
-  chunk = _checks.positive_int(chunk_size, "chunk_size") if chunk_size else min(size, 1 << 16)
+  chunk = min(size, _checks.positive_int(chunk_size, "chunk_size") if chunk_size else 1 << 16)
   chunk = -(-chunk // len(devices)) * len(devices)
   sharding = NamedSharding(Mesh(np.array(devices), ("batch",)), PartitionSpec("batch"))
   member_keys = jax.random.split(key, size)

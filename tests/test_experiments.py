@@ -53,3 +53,57 @@ def test_forward_vs_reverse_reproduces_seed_001(tmp_path):
   assert (tmp_path / "densities.png").stat().st_size > 10_000
   assert (tmp_path / "basins.png").stat().st_size > 10_000
   assert payload["versions"]["jax"] and payload["config"]["lbfgs_steps"] > 0
+
+
+def test_mle_is_forward_kl_rates_and_identity(tmp_path):
+  results = _run_script("mle_is_forward_kl", tmp_path)["results"]
+  assert -0.65 < results["slope_param_error"] < -0.35  # n^(-1/2)
+  assert -1.4 < results["slope_kl_gap"] < -0.7  # 1/n
+  assert abs(results["kl_at_optimum"] - 0.31456) < 1e-4  # min KL, at μ = 0, σ = √(1.2² + 3²)
+  for row in results["rows"]:  # Held-out NLL − H(p⋆) is the forward KL, to Monte Carlo precision.
+    assert row["identity_gap"] < results["identity_tolerance"]
+  assert (tmp_path / "convergence.png").stat().st_size > 10_000
+
+
+def test_elbo_identity_holds_and_the_fit_recovers_the_posterior(tmp_path):
+  results = _run_script("elbo_identity", tmp_path)["results"]
+  for row in results["sweep"]:
+    assert abs(row["sum"] - results["log_evidence"]) < 4 * row["elbo_stderr"] + 1e-4
+  assert abs(results["fitted"]["mean"] - results["posterior"]["mean"]) < 2e-3
+  assert abs(results["fitted"]["scale"] - results["posterior"]["scale"]) < 5e-3
+  assert results["trace"][-1]["kl"] < 1e-3 < results["trace"][0]["kl"]
+
+
+def test_kl_estimators_bias_claims(tmp_path):
+  results = _run_script("kl_estimators", tmp_path)["results"]
+  rows = results["gaussian"] + results["categorical"]
+  for row in rows:  # k1 and k3 unbiased within 4 standard errors.
+    for name in ("k1", "k3"):
+      assert abs(row[name]["bias"]) < 4 * row[name]["stderr"], (row["pair"], name)
+  large = [row for row in rows if row["true_kl"] > 1.0]
+  assert large and all(row["k2"]["bias"] > 10 * row["k2"]["stderr"] for row in large)
+
+
+def test_runner_writes_a_report(tmp_path):
+  env = {**os.environ, "PYTHONPATH": str(ROOT)}
+  command = [
+    sys.executable,
+    "-m",
+    "experiments",
+    "--quick",
+    "--out",
+    str(tmp_path),
+    "kl_estimators",
+  ]
+  subprocess.run(command, check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
+  report = (tmp_path / "report.md").read_text()
+  assert "## kl_estimators" in report and "k3 bias" in report
+  assert "![kl_estimators: bias_and_sd](kl_estimators/bias_and_sd.png)" in report
+  help_text = subprocess.run(
+    [sys.executable, str(ROOT / "experiments" / "kl_estimators.py"), "--help"],
+    capture_output=True,
+    text=True,
+    env=env,
+    check=True,
+  ).stdout
+  assert "--quick" in help_text and "--out" in help_text

@@ -1,0 +1,5 @@
+"""`python -m experiments`: run the experiments and write report.md."""
+
+from experiments.run_all import main
+
+main()

@@ -1,0 +1,61 @@
+"""The command line every experiment shares: --quick, --out, results.json, table.md, figures."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from experiments import _io
+
+
+def main(
+  name: str,
+  description: str,
+  config_class,
+  run: Callable,
+  table: Callable[[dict], str],
+  figures: dict[str, Callable[[dict, Path], None]],
+  argv=None,
+) -> dict:
+  """Parses `--quick`/`--out`, runs the experiment, writes its outputs, prints its table.
+
+  Writes to the output folder: `results.json` (config, results, versions, device, wall time;
+  atomically), `table.md` (the key table) and one PNG per entry of `figures`.
+  """
+  parser = argparse.ArgumentParser(prog=f"{name}.py", description=description)
+  parser.add_argument("--quick", action="store_true", help="small sizes (what the tests run)")
+  parser.add_argument("--out", default=f"results/{name}", help="output folder")
+  args = parser.parse_args(argv)
+  config = config_class.quick(out=args.out) if args.quick else config_class(out=args.out)
+  start = time.perf_counter()
+  results = run(config)
+  wall = time.perf_counter() - start
+  out = Path(config.out)
+  out.mkdir(parents=True, exist_ok=True)
+  for filename, plot in figures.items():
+    plot(results, out / filename)
+  text = table(results)
+  payload = {
+    "experiment": name,
+    "config": _io.config_dict(config),
+    "results": results,
+    "wall_time_s": wall,
+    **_io.provenance(),
+  }
+  _io.write_json_atomic(out / "results.json", payload)
+  (out / "table.md").write_text(text + "\n")
+  print(text)
+  print(f"\n{name}: {wall:.1f} s; wrote {out}/results.json, table.md and {', '.join(figures)}")
+  return results
+
+
+def pyplot():
+  """matplotlib's pyplot on the non-interactive Agg backend."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
