@@ -13,7 +13,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ("forward_vs_reverse", "mle_is_forward_kl", "elbo_identity", "kl_estimators")
+EXPERIMENTS = (
+  "forward_vs_reverse",
+  "mle_is_forward_kl",
+  "elbo_identity",
+  "gradient_estimators",
+  "kl_estimators",
+  "mode_seeking_phase",
+  "alpha_interpolation",
+)
 
 
 def run_one(name: str, out: Path, quick: bool) -> float:

@@ -175,12 +175,15 @@ def iwae_loss(family: Family, log_density: Callable, num_samples: int) -> Callab
 
 
 def renyi_loss(family: Family, log_density: Callable, num_samples: int, alpha: float) -> Callable:
-  """Negative variational Rényi bound (Li & Turner 2016).
+  """Variational Rényi objective (Li & Turner 2016), as a loss to minimise.
 
-  L_α = 1/(1 − α) · log (1/S) Σ_s (p̃(x_s) / q_θ(x_s))^{1−α},  x_s ~ q_θ (reparameterised).
+  L_α = 1/(1 − α) · log (1/S) Σ_s (p̃(x_s) / q_θ(x_s))^{1−α},  x_s ~ q_θ (reparameterised),
 
-  α → 1 gives the ELBO (reverse KL, mode seeking); α = 0 the importance-weighted bound (→ log Z
-  as S grows); α < 0 moves further toward mass covering. α = 1 is computed as the ELBO exactly.
+  and L_α = log Z − D_α(q_θ ‖ p). For α ≥ 0, L_α is a lower bound on log Z (α → 1: the ELBO,
+  i.e. reverse KL, mode seeking; α = 0: the importance-weighted bound, → log Z as S grows) and
+  the loss is −L_α. For α < 0, D_α ≤ 0 and L_α ≥ log Z is an upper bound, so the loss is +L_α
+  (minimising |D_α|); smaller α moves q further toward mass covering. α = 1 is computed as the
+  ELBO exactly. With finite S the estimate of L_α is biased low (a log of a mean).
   """
   family, target = _family(family), _target(log_density)
   num_samples = _checks.positive_int(num_samples, "num_samples")
@@ -190,7 +193,7 @@ def renyi_loss(family: Family, log_density: Callable, num_samples: int, alpha: f
     log_w, _ = _log_weights(family, target, params, key, num_samples)
     if alpha == 1.0:
       return -jnp.mean(log_w)
-    scaled = (1.0 - alpha) * log_w
-    return -(logsumexp(scaled) - jnp.log(num_samples)) / (1.0 - alpha)
+    bound = (logsumexp((1.0 - alpha) * log_w) - jnp.log(num_samples)) / (1.0 - alpha)
+    return bound if alpha < 0 else -bound
 
   return loss

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -107,3 +109,39 @@ def test_runner_writes_a_report(tmp_path):
     check=True,
   ).stdout
   assert "--quick" in help_text and "--out" in help_text
+
+
+def test_gradient_estimators_variances(tmp_path):
+  results = _run_script("gradient_estimators", tmp_path)["results"]
+  at_start = results["versus_samples"]
+  for i in range(len(results["sample_counts"])):  # Score > score with baseline > reparam.
+    assert (
+      at_start["score, no baseline"][i]
+      > at_start["score, leave-one-out"][i]
+      > at_start["reparam"][i]
+    )
+  slope = np.polyfit(np.log(results["sample_counts"]), np.log(at_start["reparam"]), 1)[0]
+  assert -1.2 < slope < -0.8  # Variance ∝ 1/S.
+  end = results["along_fit"][-1]
+  assert end["stl"] < 1e-2 * end["reparam"]  # STL's variance vanishes at the exact posterior.
+
+
+def test_mode_seeking_phase_bifurcates(tmp_path):
+  rows = {
+    round(row["d"], 2): row
+    for row in _run_script("mode_seeking_phase", tmp_path)["results"]["rows"]
+  }
+  overlapping = [b for b in rows[0.5]["basins"] if b["kind"] == "minimum"]
+  assert len(overlapping) == 1 and abs(overlapping[0]["mu"]) < 0.05  # One covering solution.
+  separated = [b for b in rows[5.0]["basins"] if b["kind"] == "minimum"]
+  assert abs(abs(separated[0]["mu"]) - 5.0) < 0.05  # Far apart: the global fit sits on one mode
+  assert abs(separated[0]["kl"] - np.log(2)) < 1e-3  # … with KL = log 2.
+  assert {round(np.sign(b["mu"])) for b in separated if abs(b["mu"]) > 1} == {-1, 1}
+
+
+def test_alpha_interpolation_widens_from_reverse_to_forward(tmp_path):
+  rows = {
+    row["alpha"]: row for row in _run_script("alpha_interpolation", tmp_path)["results"]["rows"]
+  }
+  assert abs(rows[1.0]["mu"] + 2.8633) < 0.03 and abs(rows[1.0]["sigma"] - 1.3637) < 0.03
+  assert rows[0.5]["sigma"] > 2.5 and abs(rows[0.5]["mu"]) < 0.3  # Toward N(0, 3.231²).
