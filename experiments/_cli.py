@@ -18,11 +18,12 @@ def main(
   table: Callable[[dict], str],
   figures: dict[str, Callable[[dict, Path], None]],
   argv=None,
+  seed: int | None = None,
 ) -> dict:
   """Parses `--quick`/`--out`, runs the experiment, writes its outputs, prints its table.
 
-  Writes to the output folder: `results.json` (config, results, versions, device, wall time;
-  atomically), `table.md` (the key table) and one PNG per entry of `figures`.
+  Writes to the output folder: `results.json` (config, the PRNG seed every key derives from,
+  results, versions, device, wall time; atomically), `table.md` (the key table) and one PNG per entry of `figures`.
   """
   parser = argparse.ArgumentParser(prog=f"{name}.py", description=description)
   parser.add_argument("--quick", action="store_true", help="small sizes (what the tests run)")
@@ -40,6 +41,7 @@ def main(
   payload = {
     "experiment": name,
     "config": _io.config_dict(config),
+    "key_seed": seed,
     "results": results,
     "wall_time_s": wall,
     **_io.provenance(),

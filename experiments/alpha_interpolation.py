@@ -29,7 +29,8 @@ if __package__ in (None, ""):  # Run as a script: make the `experiments` package
 import klax
 from experiments import _cli
 
-KEY = jax.random.key(20261122)
+SEED = 20261122  # Every key of this experiment derives from it; recorded in results.json.
+KEY = jax.random.key(SEED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +108,14 @@ def plot(results: dict, path: Path) -> None:
 def main(argv=None) -> dict:
   description = __doc__.splitlines()[0]
   return _cli.main(
-    "alpha_interpolation", description, Config, run, format_table, {"densities.png": plot}, argv
+    "alpha_interpolation",
+    description,
+    Config,
+    run,
+    format_table,
+    {"densities.png": plot},
+    argv,
+    seed=SEED,
   )
 
 

@@ -28,7 +28,8 @@ if __package__ in (None, ""):  # Run as a script: make the `experiments` package
 import klax
 from experiments import _cli
 
-KEY = jax.random.key(20261122)
+SEED = 20261122  # Every key of this experiment derives from it; recorded in results.json.
+KEY = jax.random.key(SEED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +168,9 @@ def plot(results: dict, path: Path) -> None:
 def main(argv=None) -> dict:
   description = __doc__.splitlines()[0]
   figures = {"elbo_along_fit.png": plot}
-  return _cli.main("elbo_identity", description, Config, run, format_table, figures, argv)
+  return _cli.main(
+    "elbo_identity", description, Config, run, format_table, figures, argv, seed=SEED
+  )
 
 
 if __name__ == "__main__":

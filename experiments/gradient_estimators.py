@@ -28,7 +28,8 @@ import klax
 from experiments import _cli
 from experiments import elbo_identity
 
-KEY = jax.random.key(20261122)
+SEED = 20261122  # Every key of this experiment derives from it; recorded in results.json.
+KEY = jax.random.key(SEED)
 ESTIMATORS = ("score, no baseline", "score, leave-one-out", "reparam", "stl")
 
 
@@ -167,7 +168,14 @@ def plot(results: dict, path: Path) -> None:
 def main(argv=None) -> dict:
   description = __doc__.splitlines()[0]
   return _cli.main(
-    "gradient_estimators", description, Config, run, format_table, {"variance.png": plot}, argv
+    "gradient_estimators",
+    description,
+    Config,
+    run,
+    format_table,
+    {"variance.png": plot},
+    argv,
+    seed=SEED,
   )
 
 

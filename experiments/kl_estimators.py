@@ -26,7 +26,8 @@ if __package__ in (None, ""):  # Run as a script: make the `experiments` package
 import klax
 from experiments import _cli
 
-KEY = jax.random.key(20261122)
+SEED = 20261122  # Every key of this experiment derives from it; recorded in results.json.
+KEY = jax.random.key(SEED)
 ESTIMATORS = ("k1", "k2", "k3")
 
 
@@ -131,7 +132,14 @@ def plot(results: dict, path: Path) -> None:
 def main(argv=None) -> dict:
   description = __doc__.splitlines()[0]
   return _cli.main(
-    "kl_estimators", description, Config, run, format_table, {"bias_and_sd.png": plot}, argv
+    "kl_estimators",
+    description,
+    Config,
+    run,
+    format_table,
+    {"bias_and_sd.png": plot},
+    argv,
+    seed=SEED,
   )
 
 

@@ -28,7 +28,8 @@ if __package__ in (None, ""):  # Run as a script: make the `experiments` package
 import klax
 from experiments import _cli
 
-KEY = jax.random.key(20261122)
+SEED = 20261122  # Every key of this experiment derives from it; recorded in results.json.
+KEY = jax.random.key(SEED)
 SIGMA_STAR = math.sqrt(1.2**2 + 3.0**2)
 LINE = jnp.linspace(-40.0, 40.0, 16_001)  # Quadrature grid: P and every fitted Q live inside.
 
@@ -165,7 +166,9 @@ def plot(results: dict, path: Path) -> None:
 def main(argv=None) -> dict:
   description = __doc__.splitlines()[0]
   figures = {"convergence.png": plot}
-  return _cli.main("mle_is_forward_kl", description, Config, run, format_table, figures, argv)
+  return _cli.main(
+    "mle_is_forward_kl", description, Config, run, format_table, figures, argv, seed=SEED
+  )
 
 
 if __name__ == "__main__":

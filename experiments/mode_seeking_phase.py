@@ -28,7 +28,8 @@ if __package__ in (None, ""):  # Run as a script: make the `experiments` package
 import klax
 from experiments import _cli
 
-KEY = jax.random.key(20261122)
+SEED = 20261122  # Every key of this experiment derives from it; recorded in results.json.
+KEY = jax.random.key(SEED)
 LINE = jnp.linspace(-60.0, 60.0, 24_001)
 
 
@@ -183,7 +184,14 @@ def plot(results: dict, path: Path) -> None:
 def main(argv=None) -> dict:
   description = __doc__.splitlines()[0]
   return _cli.main(
-    "mode_seeking_phase", description, Config, run, format_table, {"bifurcation.png": plot}, argv
+    "mode_seeking_phase",
+    description,
+    Config,
+    run,
+    format_table,
+    {"bifurcation.png": plot},
+    argv,
+    seed=SEED,
   )
 
 

@@ -21,6 +21,7 @@ EXPERIMENTS = (
   "kl_estimators",
   "mode_seeking_phase",
   "alpha_interpolation",
+  "bayesian_logistic_regression",
 )
 
 

@@ -55,6 +55,7 @@ def test_forward_vs_reverse_reproduces_seed_001(tmp_path):
   assert (tmp_path / "densities.png").stat().st_size > 10_000
   assert (tmp_path / "basins.png").stat().st_size > 10_000
   assert payload["versions"]["jax"] and payload["config"]["lbfgs_steps"] > 0
+  assert payload["key_seed"] == 20261122 and payload["devices"] and payload["wall_time_s"] > 0
 
 
 def test_mle_is_forward_kl_rates_and_identity(tmp_path):
@@ -145,3 +146,18 @@ def test_alpha_interpolation_widens_from_reverse_to_forward(tmp_path):
   }
   assert abs(rows[1.0]["mu"] + 2.8633) < 0.03 and abs(rows[1.0]["sigma"] - 1.3637) < 0.03
   assert rows[0.5]["sigma"] > 2.5 and abs(rows[0.5]["mu"]) < 0.3  # Toward N(0, 3.231²).
+
+
+def test_bayesian_logistic_regression_against_nuts(tmp_path):
+  rows = {
+    row["method"]: row
+    for row in _run_script("bayesian_logistic_regression", tmp_path)["results"]["rows"]
+  }
+  reference = rows["NUTS (reference)"]["held_out_lpd"]
+  for name in ("full-rank normal", "RQ-spline flow"):
+    assert rows[name]["mean_error_in_sd"] < 0.25, name  # Means within a quarter of a posterior sd.
+    assert 0.8 < rows[name]["sd_ratio"] < 1.15, name
+  assert rows["mean-field normal"]["sd_ratio"] < 0.8  # Mean field under-disperses (reverse KL).
+  assert rows["full-rank normal"]["elbo"] > rows["mean-field normal"]["elbo"]
+  for row in rows.values():
+    assert abs(row["held_out_lpd"] - reference) < 0.02
