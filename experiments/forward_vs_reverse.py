@@ -115,25 +115,27 @@ def multi_start(config: Config) -> dict:
   result = klax.fit_batch(
     loss, starts, optax.adam(schedule), key_fit, config.adam_steps, trace_every=config.adam_steps
   )
+  line = jnp.linspace(-60.0, 60.0, 24_001)
+
+  def exact_kl(params):  # KL(Q ‖ P) by quadrature over the whole line.
+    q = lambda x: norm.logpdf(x, params["loc"], jnp.exp(params["log_scale"]))  # noqa: E731
+    return klax.kl_divergence_grid(q, normalised, line, normalize=False)
+
+  def distribution_space(params):
+    return jnp.stack([params["loc"], jnp.exp(params["log_scale"])])
+
+  basins = klax.basin_report(result, tolerance=0.2, features=distribution_space, value_fn=exact_kl)
+  summary = [
+    {
+      "mu": float(b.params["loc"]),
+      "sigma": float(np.exp(b.params["log_scale"])),
+      "count": b.count,
+      "kl": b.value,
+    }
+    for b in basins
+  ]
   mu = np.asarray(result.params["loc"])
   sigma = np.exp(np.asarray(result.params["log_scale"]))
-  line = jnp.linspace(-60.0, 60.0, 24_001)
-  basins = []
-  for m, s in zip(mu, sigma, strict=True):
-    for basin in basins:
-      if abs(basin["mu"] - m) < 0.2 and abs(basin["sigma"] - s) < 0.2:
-        basin["members"].append((m, s))
-        break
-    else:
-      basins.append({"mu": float(m), "sigma": float(s), "members": [(m, s)]})
-  summary = []
-  for basin in basins:
-    members = np.array(basin["members"])
-    centre = members.mean(axis=0)
-    params = jnp.array([centre[0], math.log(centre[1])])
-    kl = klax.kl_divergence_grid(_log_q(params), normalised, line, normalize=False)
-    summary.append({"mu": centre[0], "sigma": centre[1], "count": len(members), "kl": float(kl)})
-  summary.sort(key=lambda b: b["kl"])
   return {"basins": summary, "fitted_mu": mu.tolist(), "fitted_sigma": sigma.tolist()}
 
 

@@ -56,18 +56,6 @@ def target(d: float):
   return log_p
 
 
-def _group(mu, sigma, tolerance=0.3) -> list[dict]:
-  basins = []
-  for m, s in zip(mu, sigma, strict=True):
-    for basin in basins:
-      if abs(basin["mu"] - m) < tolerance and abs(basin["sigma"] - s) < tolerance:
-        basin["members"].append((m, s))
-        break
-    else:
-      basins.append({"mu": float(m), "sigma": float(s), "members": [(m, s)]})
-  return basins
-
-
 def _classify(log_p, theta) -> tuple[float, str]:
   """Exact KL(Q ‖ P) at θ = (μ, log σ) by quadrature, and whether θ is a local minimum of it
   (positive-definite Hessian) or a saddle that the fits were still crossing."""
@@ -94,23 +82,26 @@ def basins_at(d: float, config: Config, key) -> list[dict]:
   result = klax.fit_batch(
     loss, starts, optimizer, key_fit, config.num_steps, trace_every=config.num_steps
   )
-  mu, sigma = np.asarray(result.params["loc"]), np.exp(np.asarray(result.params["log_scale"]))
+
+  def distribution_space(params):
+    return jnp.stack([params["loc"], jnp.exp(params["log_scale"])])
+
   summary = []
-  for basin in _group(mu, sigma):
-    centre = np.mean(basin["members"], axis=0)
-    theta = jnp.array([centre[0], math.log(centre[1])])
+  for basin in klax.basin_report(result, tolerance=0.3, features=distribution_space):
+    theta = jnp.array([basin.params["loc"], basin.params["log_scale"]])
     kl, kind = _classify(log_p, theta)
+    sigma = float(np.exp(basin.params["log_scale"]))
     summary.append(
       {
-        "mu": float(centre[0]),
-        "sigma": float(centre[1]),
-        "count": len(basin["members"]),
+        "mu": float(basin.params["loc"]),
+        "sigma": sigma,
+        "count": basin.count,
         "kl": kl,
         "kind": kind,
       }
     )
   summary.sort(key=lambda b: b["kl"])
-  return summary, mu.tolist()
+  return summary, np.asarray(result.params["loc"]).tolist()
 
 
 def run(config: Config) -> dict:

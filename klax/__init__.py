@@ -9,6 +9,8 @@ from klax._closed_form import UnsupportedDistributionError
 from klax._closed_form import cross_entropy
 from klax._closed_form import entropy
 from klax._closed_form import kl_divergence
+from klax._diagnostics import Basin
+from klax._diagnostics import basin_report
 from klax._discrete import cross_entropy_logits
 from klax._discrete import cross_entropy_probs
 from klax._discrete import entropy_logits
@@ -41,10 +43,12 @@ from klax.families import Family
 __version__ = "0.1.0"
 
 __all__ = (
+  "Basin",
   "Estimate",
   "Family",
   "FitResult",
   "UnsupportedDistributionError",
+  "basin_report",
   "cross_entropy",
   "cross_entropy_logits",
   "cross_entropy_mc",
