@@ -10,7 +10,10 @@ from klax._closed_form import cross_entropy
 from klax._closed_form import entropy
 from klax._closed_form import kl_divergence
 from klax._diagnostics import Basin
+from klax._diagnostics import ReverseKLDiagnostics
 from klax._diagnostics import basin_report
+from klax._diagnostics import pareto_shape
+from klax._diagnostics import reverse_kl_diagnostics
 from klax._discrete import cross_entropy_logits
 from klax._discrete import cross_entropy_probs
 from klax._discrete import entropy_logits
@@ -47,6 +50,7 @@ __all__ = (
   "Estimate",
   "Family",
   "FitResult",
+  "ReverseKLDiagnostics",
   "UnsupportedDistributionError",
   "basin_report",
   "cross_entropy",
@@ -76,6 +80,8 @@ __all__ = (
   "kl_divergence_mixture_variational_approx",
   "kl_divergence_probs",
   "kl_from_log_ratio",
+  "pareto_shape",
   "renyi_loss",
+  "reverse_kl_diagnostics",
   "reverse_kl_loss",
 )

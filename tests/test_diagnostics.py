@@ -69,3 +69,62 @@ def test_forward_kl_has_a_single_optimum():
   basins = klax.basin_report(result, tolerance=1e-3)
   assert len(basins) == 1 and basins[0].count == 8
   np.testing.assert_allclose(float(basins[0].params["loc"]), float(data.mean()), atol=1e-4)
+
+
+def test_pareto_shape_matches_arviz():
+  arviz = pytest.importorskip(
+    "arviz", reason="ArviZ is the independent PSIS reference (test extra)"
+  )
+  rng = np.random.default_rng(0)
+  for size in (100, 1000, 4000):
+    for scale in (0.3, 1.0, 2.0, 3.0):
+      log_weights = rng.normal(size=size) * scale
+      _, expected = arviz.psislw(log_weights.copy())
+      np.testing.assert_allclose(
+        klax.pareto_shape(jnp.asarray(log_weights, jnp.float32)), expected, atol=2e-4
+      )
+  with pytest.raises(ValueError, match="S >= 25"):
+    klax.pareto_shape(jnp.zeros(10))
+
+
+# Conjugate model: z ~ N(0, 1), x_i | z ~ N(z, 1); posterior N(Σx/(n+1), 1/(n+1)).
+_X = np.array([0.8, 1.9, 1.1, 0.4, 1.5])
+_LOG_Z = float(
+  -0.5
+  * (len(_X) * np.log(2 * np.pi) + np.log(len(_X) + 1) + _X @ _X - _X.sum() ** 2 / (len(_X) + 1))
+)
+
+
+def _log_joint(z):
+  return jax.scipy.stats.norm.logpdf(z) + jnp.sum(
+    jax.scipy.stats.norm.logpdf(jnp.asarray(_X), z, 1.0)
+  )
+
+
+def test_diagnostics_at_the_exact_posterior():
+  import distrax
+
+  posterior = distrax.Normal(float(_X.sum() / 6), float(1 / np.sqrt(6)))
+  diagnostics = jax.jit(klax.reverse_kl_diagnostics, static_argnums=(1, 3))(
+    posterior, _log_joint, jax.random.key(0), 2000
+  )
+  assert float(diagnostics.pareto_k) < 0.5
+  assert abs(float(diagnostics.log_evidence.value) - _LOG_Z) < 1e-4
+  assert abs(float(diagnostics.elbo.value) - _LOG_Z) < 1e-4  # KL(q ‖ p) = 0.
+  assert float(diagnostics.ess) > 0.999 * 2000
+
+
+def test_diagnostics_for_a_good_and_a_too_narrow_q():
+  import distrax
+
+  good = klax.reverse_kl_diagnostics(distrax.Normal(1.0, 0.45), _log_joint, jax.random.key(1), 4000)
+  assert float(good.pareto_k) < 0.5
+  assert abs(float(good.log_evidence.value) - _LOG_Z) < 4 * float(good.log_evidence.stderr) + 1e-3
+  assert float(good.elbo.value) < _LOG_Z
+
+  def student_t(x):  # Heavy tails (2 degrees of freedom), unnormalised.
+    return -1.5 * jnp.log1p(x**2 / 2.0)
+
+  narrow = klax.reverse_kl_diagnostics(distrax.Normal(0.0, 0.3), student_t, jax.random.key(2), 4000)
+  assert float(narrow.pareto_k) > 0.7
+  assert float(narrow.ess) < 0.5 * 4000
