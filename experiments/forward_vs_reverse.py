@@ -124,7 +124,7 @@ def multi_start(config: Config) -> dict:
   def distribution_space(params):
     return jnp.stack([params["loc"], jnp.exp(params["log_scale"])])
 
-  basins = klax.basin_report(result, tolerance=0.2, features=distribution_space, value_fn=exact_kl)
+  basins = klax.basin_report(result, tolerance=0.3, features=distribution_space, value_fn=exact_kl)
   summary = [
     {
       "mu": float(b.params["loc"]),

@@ -60,8 +60,8 @@ def basin_report(
   """Groups the members of a `fit_batch` result by the optimum they reached.
 
   Members are taken in order of increasing final loss; each joins the first basin whose
-  representative (its best member) lies within `tolerance` of it in the max-norm of the
-  feature vector, and otherwise starts a new basin. Features default to all parameters
+  centroid (the mean feature vector of its members so far) lies within `tolerance` of it in the
+  max-norm, and otherwise starts a new basin. Features default to all parameters
   flattened; pass `features(params) -> array` to compare in another space (e.g. (μ, σ) of the
   distribution instead of raw (μ, log σ), or sorted mixture components to undo label switching).
   Diverged fits are left out.
@@ -86,7 +86,8 @@ def basin_report(
   groups: list[list[int]] = []
   for index in keep[np.argsort(losses[keep], kind="stable")]:
     for group in groups:
-      if np.max(np.abs(vectors[index] - vectors[group[0]])) <= tolerance:
+      centroid = vectors[group].mean(axis=0)
+      if np.max(np.abs(vectors[index] - centroid)) <= tolerance:
         group.append(int(index))
         break
     else:
