@@ -163,6 +163,12 @@ def _optimizer(optimizer):
     raise TypeError(
       f"`optimizer` must be an optax GradientTransformation, got {type(optimizer).__name__}."
     )
+  return _with_extra_args(optimizer)
+
+
+@functools.lru_cache(maxsize=128)
+def _with_extra_args(optimizer):
+  """One wrapper per optimizer object, so that the compiled fit is found again on the next call."""
   return optax.with_extra_args_support(optimizer)
 
 
@@ -286,7 +292,9 @@ def fit_batch(
   a `vmap`ped step, sharded across `jax.devices()` (a 1-D mesh over the batch axis, so the same
   call uses every GPU/TPU or host device), in chunks of `chunk_size` members so that memory stays
   bounded (1,000,000 restarts of a 1-D problem run on a 24 GiB machine). The compiled program is
-  reused across chunks and across calls with the same loss, optimizer and sizes.
+  reused across chunks and across calls with the same loss, optimizer and sizes: build the loss
+  and the optimizer once and pass the same objects again (a fresh `optax.adam(...)` or a new
+  loss closure is a new static argument, and compiles anew).
 
   Args:
     loss: `loss(params, key) -> scalar` for one member.

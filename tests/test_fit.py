@@ -146,6 +146,11 @@ def test_no_recompilation_for_the_same_loss_optimizer_and_sizes():
   klax.fit_batch(
     traced, {"loc": jnp.ones(7)}, optimizer, jax.random.key(1), 10, chunk_size=4
   )  # Padded.
+  # A plain GradientTransformation (no extra-args support) is wrapped once, not per call.
+  plain_traced = chex.assert_max_traces(lambda params, key: (params["loc"] - 1.0) ** 2, n=1)
+  plain = optax.scale(-0.1)
+  klax.fit_batch(plain_traced, starts, plain, jax.random.key(0), 10, chunk_size=4)
+  klax.fit_batch(plain_traced, starts, plain, jax.random.key(2), 10, chunk_size=4)
 
 
 def test_lbfgs_converges_on_a_deterministic_loss():
