@@ -81,15 +81,8 @@ def losses(family, log_density, num_samples) -> dict:
 
 
 def gradient_variance_fn(loss, replicates):
-  """A jitted function (params, key) -> trace of the covariance of ∇loss over independent keys."""
-
-  @jax.jit
-  def variance(params, key):
-    grads = jax.vmap(jax.grad(loss), in_axes=(None, 0))(params, jax.random.split(key, replicates))
-    flat = jnp.stack([g.reshape(replicates) for g in jax.tree.leaves(grads)], axis=-1)
-    return jnp.sum(jnp.var(flat, axis=0))
-
-  return variance
+  """`klax.gradient_variance` of `loss`, compiled once: (params, key) -> total variance."""
+  return jax.jit(lambda params, key: klax.gradient_variance(loss, params, key, replicates))
 
 
 def run(config: Config) -> dict:

@@ -12,6 +12,7 @@ from klax._closed_form import kl_divergence
 from klax._diagnostics import Basin
 from klax._diagnostics import ReverseKLDiagnostics
 from klax._diagnostics import basin_report
+from klax._diagnostics import gradient_variance
 from klax._diagnostics import pareto_shape
 from klax._diagnostics import reverse_kl_diagnostics
 from klax._discrete import cross_entropy_logits
@@ -66,6 +67,7 @@ __all__ = (
   "fit",
   "fit_batch",
   "forward_kl_loss",
+  "gradient_variance",
   "iwae_loss",
   "kl_divergence",
   "kl_divergence_exponential_family",

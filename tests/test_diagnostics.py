@@ -128,3 +128,16 @@ def test_diagnostics_for_a_good_and_a_too_narrow_q():
   narrow = klax.reverse_kl_diagnostics(distrax.Normal(0.0, 0.3), student_t, jax.random.key(2), 4000)
   assert float(narrow.pareto_k) > 0.7
   assert float(narrow.ess) < 0.5 * 4000
+
+
+def test_gradient_variance_against_a_closed_form():
+  # loss(θ, k) = θ · ε with ε ~ N(0, 1): ∇ = ε, so the total variance is 1 per parameter entry.
+  def loss(params, key):
+    return jnp.sum(params * jax.random.normal(key, params.shape))
+
+  variance = jax.jit(klax.gradient_variance, static_argnums=(0, 3))(
+    loss, jnp.ones(3), jax.random.key(0), 20_000
+  )
+  assert abs(float(variance) - 3.0) < 4 * 3.0 * np.sqrt(2 / 20_000)
+  with pytest.raises(ValueError, match="at least 2"):
+    klax.gradient_variance(loss, jnp.ones(3), jax.random.key(0), 1)
