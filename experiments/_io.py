@@ -31,12 +31,27 @@ def provenance() -> dict:
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-  """Writes JSON to a temporary file beside `path`, then renames it into place."""
+  """Writes JSON to a temporary file beside `path`, then renames it into place.
+
+  An interruption (Ctrl-C, a crash, a value that cannot be serialised) leaves the previous
+  `path` intact and no temporary file behind.
+  """
   path.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-    json.dump(payload, handle, indent=2, default=float)
-    temporary = handle.name
-  os.replace(temporary, path)
+  handle = tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp")
+  try:
+    with handle:
+      json.dump(payload, handle, indent=2, default=_to_json)
+    os.replace(handle.name, path)
+  except BaseException:
+    Path(handle.name).unlink(missing_ok=True)
+    raise
+
+
+def _to_json(value):
+  """Numbers held in numpy or JAX scalars/arrays become plain floats or lists."""
+  if hasattr(value, "tolist"):
+    return value.tolist()
+  raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def config_dict(config) -> dict:
