@@ -77,6 +77,15 @@ def basin_report(
 
   Returns:
     The basins, best (lowest mean final loss, or lowest `value` when `value_fn` is given) first.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, klax
+    >>> log_p = lambda x: jnp.logaddexp(-0.5 * (x + 3) ** 2, -0.5 * (x - 3) ** 2)
+    >>> loss = klax.reverse_kl_loss(klax.families.normal(), log_p, 32)
+    >>> starts = {"loc": jnp.array([-5.0, -4.0, -3.5, -2.0, 2.0, 3.5, 4.0, 5.0]), "log_scale": jnp.zeros(8)}
+    >>> result = klax.fit_batch(loss, starts, optax.adam(0.05), jax.random.key(0), 300)
+    >>> sorted((round(float(b.params["loc"])), b.count) for b in klax.basin_report(result, tolerance=0.3))
+    [(-3, 4), (3, 4)]
   """
   if tolerance <= 0:
     raise ValueError(f"`tolerance` must be positive, got {tolerance}.")
@@ -149,6 +158,13 @@ def pareto_shape(log_weights) -> jax.Array:
 
   Returns:
     k̂, a scalar.
+
+  Example:
+    >>> import jax, klax
+    >>> light = 0.3 * jax.random.normal(jax.random.key(0), (1000,))
+    >>> heavy = 3.0 * jax.random.normal(jax.random.key(0), (1000,))
+    >>> bool(klax.pareto_shape(light) < 0.5 < 0.7 < klax.pareto_shape(heavy))
+    True
   """
   log_weights = jnp.asarray(log_weights)
   if log_weights.ndim != 1 or log_weights.shape[0] < 25:
@@ -200,6 +216,13 @@ def reverse_kl_diagnostics(
 
   Returns:
     `ReverseKLDiagnostics(elbo, pareto_k, log_evidence, ess)`.
+
+  Example:
+    >>> import distrax, jax, klax
+    >>> log_p = lambda x: -0.5 * ((x - 1.0) / 0.5) ** 2  # log Z = 0.2258
+    >>> d = klax.reverse_kl_diagnostics(distrax.Normal(1.0, 0.6), log_p, jax.random.key(0), 4000)
+    >>> bool(d.pareto_k < 0.5), abs(float(d.log_evidence.value) - 0.2258) < 0.01
+    (True, True)
   """
   _checks.distribution(q, "q")
   num_samples = _checks.positive_int(num_samples, "num_samples")
@@ -231,6 +254,12 @@ def gradient_variance(loss, params, key: jax.Array, num_draws: int) -> jax.Array
 
   Returns:
     A scalar.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, klax
+    >>> loss = lambda params, key: jnp.sum(params * jax.random.normal(key, params.shape))
+    >>> round(float(klax.gradient_variance(loss, jnp.ones(2), jax.random.key(0), 50_000)), 1)
+    2.0
   """
   num_draws = _checks.positive_int(num_draws, "num_draws")
   if num_draws < 2:

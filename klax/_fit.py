@@ -237,6 +237,13 @@ def fit(
   Returns:
     `FitResult(params, losses, diverged_at)`. A fit whose loss goes non-finite stops there,
     keeps its last finite parameters, and (outside `jit`) warns.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, klax
+    >>> loss = lambda params, key: jnp.sum((params - 3.0) ** 2)  # Deterministic: key unused.
+    >>> result = klax.fit(loss, jnp.zeros(2), optax.lbfgs(), jax.random.key(0), 10)
+    >>> result.params.round(4).tolist(), int(result.diverged_at)
+    ([3.0, 3.0], -1)
   """
   num_steps, trace_every = _checked_schedule(num_steps, trace_every)
   loss, optimizer = _loss(loss), _optimizer(optimizer)
@@ -310,6 +317,15 @@ def fit_batch(
   Returns:
     `FitResult` with a leading batch axis on every field. Members whose loss went non-finite
     are frozen at their last finite parameters (`diverged_at` >= 0) and a warning says how many.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, klax
+    >>> log_p = lambda x: jnp.logaddexp(-0.5 * (x + 3) ** 2, -0.5 * (x - 3) ** 2)  # Two modes.
+    >>> loss = klax.reverse_kl_loss(klax.families.normal(), log_p, 32)
+    >>> starts = {"loc": jnp.array([-4.0, -2.0, 2.0, 4.0]), "log_scale": jnp.zeros(4)}
+    >>> result = klax.fit_batch(loss, starts, optax.adam(0.05), jax.random.key(0), 300)
+    >>> jnp.sign(result.params["loc"]).tolist()  # Each start finds its nearer mode.
+    [-1.0, -1.0, 1.0, 1.0]
   """
   num_steps, trace_every = _checked_schedule(num_steps, trace_every)
   loss, optimizer = _loss(loss), _optimizer(optimizer)
