@@ -271,6 +271,11 @@ def _batch_size(params_batch) -> int:
   return sizes.pop()
 
 
+def _slice_and_pad(tree, start: int, stop: int, size: int):
+  """Members start..stop of every leaf, padded to `size` members."""
+  return _pad(jax.tree.map(lambda x: x[start:stop], tree), size)
+
+
 def _pad(tree, size: int):
   """Pads the leading axis of every leaf to `size` by repeating its first entry."""
 
@@ -341,13 +346,15 @@ def fit_batch(
   try:
     for start in range(0, size, chunk):
       stop = min(start + chunk, size)
-      chunk_params = _pad(jax.tree.map(lambda x, a=start, b=stop: x[a:b], params_batch), chunk)
-      chunk_keys = _pad(member_keys[start:stop], chunk)
-      chunk_params, chunk_keys = jax.device_put((chunk_params, chunk_keys), sharding)
+      whole = start == 0 and stop == size == chunk  # One exact chunk: no slicing or padding.
+      chunk_params = params_batch if whole else _slice_and_pad(params_batch, start, stop, chunk)
+      chunk_keys = member_keys if whole else _slice_and_pad(member_keys, start, stop, chunk)
+      if len(devices) > 1:
+        chunk_params, chunk_keys = jax.device_put((chunk_params, chunk_keys), sharding)
       result = _fit_chunk(
         loss, chunk_params, optimizer, chunk_keys, num_steps, trace_every, bool(progress)
       )
-      results.append(jax.tree.map(lambda x, n=stop - start: x[:n], result))
+      results.append(result if whole else jax.tree.map(lambda x, n=stop - start: x[:n], result))
       if bar is not None:  # Callbacks are asynchronous: let this chunk's finish first.
         jax.block_until_ready(result)
         _PROGRESS["offset"] = (start // chunk + 1) * num_steps
