@@ -30,11 +30,14 @@ def test_interrupted_run_leaves_earlier_results_intact(tmp_path):
   (tmp_path / "results.json").write_text(json.dumps(previous))
   env = {**os.environ, "PYTHONPATH": str(ROOT)}
   script = str(ROOT / "experiments" / "mode_seeking_phase.py")
+  # Test runners (pytest-xdist workers) may ignore SIGINT, and children inherit that: restore the
+  # default so that the child's Python turns Ctrl-C into KeyboardInterrupt, as in a terminal.
   process = subprocess.Popen(
     [sys.executable, script, "--out", str(tmp_path)],
     env=env,
     stdout=subprocess.DEVNULL,
     stderr=subprocess.DEVNULL,
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
   )
   time.sleep(8)  # Past the imports, inside the (full-size, minutes-long) run.
   assert process.poll() is None, "the run must still be going when it is interrupted"
