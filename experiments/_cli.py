@@ -61,3 +61,12 @@ def pyplot():
   import matplotlib.pyplot as plt
 
   return plt
+
+
+def save(fig, path: Path) -> None:
+  """Lays out, writes (PNG, 120 dpi) and closes a figure."""
+  import matplotlib.pyplot as plt
+
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

@@ -100,9 +100,7 @@ def plot(results: dict, path: Path) -> None:
   ax.set_ylabel("density")
   ax.set_title("Rényi-α fits: α = 1 seeks one mode, smaller α cover more mass")
   ax.legend(fontsize="small")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _cli.save(fig, path)
 
 
 def main(argv=None) -> dict:

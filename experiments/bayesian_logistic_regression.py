@@ -229,9 +229,7 @@ def plot(results: dict, path: Path) -> None:
     ax.legend(fontsize="small")
   left.set_title("Posterior means of the 31 weights")
   right.set_title("Posterior standard deviations (mean field under-disperses)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _cli.save(fig, path)
 
 
 def main(argv=None) -> dict:

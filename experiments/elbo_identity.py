@@ -160,9 +160,7 @@ def plot(results: dict, path: Path) -> None:
     ax.legend(fontsize="small")
   left.set_ylabel("nats")
   right.set_ylabel("nats (log scale)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _cli.save(fig, path)
 
 
 def main(argv=None) -> dict:

@@ -238,9 +238,7 @@ def plot(results: dict, path: Path) -> None:
   ax.set_ylabel("density")
   ax.set_title("Forward KL covers both modes; reverse KL locks onto one")
   ax.legend(loc="upper left", fontsize="small")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _cli.save(fig, path)
 
 
 def plot_basins(results: dict, path: Path) -> None:
@@ -256,9 +254,7 @@ def plot_basins(results: dict, path: Path) -> None:
   ax.set_ylabel("number of fits")
   ax.set_title("Reverse KL from random starts: three basins; the wide central one is global")
   ax.legend(loc="upper center", fontsize="small")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _cli.save(fig, path)
 
 
 def main(argv=None) -> dict:

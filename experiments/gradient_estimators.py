@@ -153,9 +153,7 @@ def plot(results: dict, path: Path) -> None:
   right.set_title("Along the fit: STL's variance vanishes at the posterior")
   for ax in (left, right):
     ax.legend(fontsize="small")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _cli.save(fig, path)
 
 
 def main(argv=None) -> dict:

@@ -124,9 +124,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_xlabel("true KL(p ‖ q) (nats)")
     ax.set_ylabel("relative to the true KL")
     ax.legend(fontsize="x-small")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _cli.save(fig, path)
 
 
 def main(argv=None) -> dict:

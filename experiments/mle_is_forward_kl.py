@@ -158,9 +158,7 @@ def plot(results: dict, path: Path) -> None:
   ax.set_ylabel("error")
   ax.set_title("Maximum likelihood converges to the forward-KL minimiser")
   ax.legend(fontsize="small")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _cli.save(fig, path)
 
 
 def main(argv=None) -> dict:

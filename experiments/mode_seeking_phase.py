@@ -167,9 +167,7 @@ def plot(results: dict, path: Path) -> None:
   ax.set_ylabel("fitted μ")
   ax.set_title("Reverse KL: one covering solution, then one solution per mode")
   ax.legend(fontsize="small", loc="upper left")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _cli.save(fig, path)
 
 
 def main(argv=None) -> dict:
