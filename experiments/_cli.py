@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,10 +55,12 @@ def main(
 
 
 def pyplot():
-  """matplotlib's pyplot on the non-interactive Agg backend."""
+  """matplotlib's pyplot: on the non-interactive Agg backend, except inside a notebook's kernel,
+  whose inline backend is left alone."""
   import matplotlib
 
-  matplotlib.use("Agg")
+  if "ipykernel" not in sys.modules:
+    matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   return plt

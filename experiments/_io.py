@@ -41,10 +41,17 @@ def write_json_atomic(path: Path, payload: dict) -> None:
   try:
     with handle:
       json.dump(payload, handle, indent=2, default=_to_json)
+    os.chmod(handle.name, 0o666 & ~_umask())  # The mode a plain open() would give, not 0600.
     os.replace(handle.name, path)
   except BaseException:
     Path(handle.name).unlink(missing_ok=True)
     raise
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def _to_json(value):

@@ -200,7 +200,8 @@ def format_table(results: dict) -> str:
   for key, seed in results["seed"]["cross"].items():
     ours, fitted = results["cross"][key], results["cross_at_fitted"][key]
     note = f"seed's rounded Q; {fitted:.5f} at the fitted optimum"
-    rows.append(f"| {key} | {seed:.5f} | {ours:.5f} | {note} |")
+    label = key.replace("||", " ‖ ")  # "||" would split a Markdown table cell.
+    rows.append(f"| {label} | {seed:.5f} | {ours:.5f} | {note} |")
   exact = results["exact_forward"]
   note = f"moment matching, KL(P‖Q) = {exact['kl']:.5f} by quadrature on [−60, 60]"
   rows.append(f"| exact forward σ (whole line) | — | {exact['sigma']:.4f} | {note} |")

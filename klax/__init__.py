@@ -12,7 +12,6 @@ from klax._closed_form import kl_divergence
 from klax._diagnostics import Basin
 from klax._diagnostics import ReverseKLDiagnostics
 from klax._diagnostics import basin_report
-from klax._diagnostics import gradient_variance
 from klax._diagnostics import pareto_shape
 from klax._diagnostics import reverse_kl_diagnostics
 from klax._discrete import cross_entropy_logits
@@ -25,6 +24,7 @@ from klax._exponential_family import kl_divergence_exponential_family
 from klax._fit import FitResult
 from klax._fit import fit
 from klax._fit import fit_batch
+from klax._gradients import gradient_variance
 from klax._grid import kl_divergence_grid
 from klax._knn import kl_divergence_knn
 from klax._mixtures import kl_divergence_mixture_lower_bound

@@ -48,7 +48,7 @@ def kl_divergence(p, q) -> jax.Array:
       `klax.kl_divergence_mc` (or, for Gaussian mixtures, the `klax.kl_divergence_mixture_*`
       approximations and bounds).
 
-  Example:
+  Examples:
     >>> import distrax, klax
     >>> float(klax.kl_divergence(distrax.Normal(0.0, 1.0), distrax.Normal(1.0, 1.0)))
     0.5
@@ -75,7 +75,7 @@ def entropy(p) -> jax.Array:
     UnsupportedDistributionError: `p` has no closed-form entropy (e.g. Poisson, Binomial, a
       mixture). Use `klax.entropy_mc`.
 
-  Example:
+  Examples:
     >>> import distrax, klax
     >>> round(float(klax.entropy(distrax.Normal(0.0, 1.0))), 6)  # ½ log(2πe)
     1.418939
@@ -99,7 +99,7 @@ def cross_entropy(p, q) -> jax.Array:
     UnsupportedDistributionError: either H(p) or KL(p ‖ q) has no closed form. Use
       `klax.cross_entropy_mc`.
 
-  Example:
+  Examples:
     >>> import distrax, klax
     >>> round(float(klax.cross_entropy(distrax.Normal(0.0, 1.0), distrax.Normal(1.0, 1.0))), 6)
     1.918939

@@ -78,7 +78,7 @@ def basin_report(
   Returns:
     The basins, best (lowest mean final loss, or lowest `value` when `value_fn` is given) first.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, optax, klax
     >>> log_p = lambda x: jnp.logaddexp(-0.5 * (x + 3) ** 2, -0.5 * (x - 3) ** 2)
     >>> loss = klax.reverse_kl_loss(klax.families.normal(), log_p, 32)
@@ -159,7 +159,7 @@ def pareto_shape(log_weights) -> jax.Array:
   Returns:
     k̂, a scalar.
 
-  Example:
+  Examples:
     >>> import jax, klax
     >>> light = 0.3 * jax.random.normal(jax.random.key(0), (1000,))
     >>> heavy = 3.0 * jax.random.normal(jax.random.key(0), (1000,))
@@ -217,7 +217,7 @@ def reverse_kl_diagnostics(
   Returns:
     `ReverseKLDiagnostics(elbo, pareto_k, log_evidence, ess)`.
 
-  Example:
+  Examples:
     >>> import distrax, jax, klax
     >>> log_p = lambda x: -0.5 * ((x - 1.0) / 0.5) ** 2  # log Z = 0.2258
     >>> d = klax.reverse_kl_diagnostics(distrax.Normal(1.0, 0.6), log_p, jax.random.key(0), 4000)
@@ -235,36 +235,4 @@ def reverse_kl_diagnostics(
   ess = jnp.sum(scaled) ** 2 / jnp.sum(scaled**2)
   return ReverseKLDiagnostics(
     mean_and_stderr(log_w), pareto_shape(log_w), Estimate(log_evidence, stderr), ess
-  )
-
-
-def gradient_variance(loss, params, key: jax.Array, num_draws: int) -> jax.Array:
-  """Total variance of a stochastic gradient: tr Cov_k[∇_θ loss(θ, k)] over independent keys.
-
-  Evaluates ∇_θ loss(params, k_j) for `num_draws` independent keys k_j (vmapped) and returns the
-  sum over all parameter entries of the sample variance — the quantity that sets how noisy an
-  optimiser step is, for comparing gradient estimators (`reverse_kl_loss(..., gradient=...)`)
-  or sample sizes, at fixed parameters or along a fit. Jit-able.
-
-  Args:
-    loss: `loss(params, key) -> scalar`.
-    params: the parameters (a pytree).
-    key: a `jax.random` key, split into `num_draws` keys.
-    num_draws: independent gradient draws (at least 2).
-
-  Returns:
-    A scalar.
-
-  Example:
-    >>> import jax, jax.numpy as jnp, klax
-    >>> loss = lambda params, key: jnp.sum(params * jax.random.normal(key, params.shape))
-    >>> round(float(klax.gradient_variance(loss, jnp.ones(2), jax.random.key(0), 50_000)), 1)
-    2.0
-  """
-  num_draws = _checks.positive_int(num_draws, "num_draws")
-  if num_draws < 2:
-    raise ValueError(f"`num_draws` must be at least 2 to estimate a variance, got {num_draws}.")
-  grads = jax.vmap(jax.grad(loss), in_axes=(None, 0))(params, jax.random.split(key, num_draws))
-  return sum(
-    jnp.sum(jnp.var(g.reshape(num_draws, -1), axis=0, ddof=1)) for g in jax.tree.leaves(grads)
   )

@@ -85,7 +85,7 @@ def kl_divergence_probs(p, q, axis: int = -1, *, where=None) -> jax.Array:
   Returns:
     The divergence for each row, shape of `p` without `axis`. +inf where some p_i > 0 = q_i.
 
-  Example:
+  Examples:
     >>> import klax
     >>> float(klax.kl_divergence_probs([0.5, 0.5], [0.9, 0.1]))  # doctest: +ELLIPSIS
     0.5108...
@@ -100,7 +100,7 @@ def entropy_probs(p, axis: int = -1, *, where=None) -> jax.Array:
 
   H(p) = -Σ_i p_i log p_i, summed along `axis`.
 
-  Example:
+  Examples:
     >>> import klax
     >>> float(klax.entropy_probs([0.5, 0.5]))  # log 2  # doctest: +ELLIPSIS
     0.6931...
@@ -115,7 +115,7 @@ def cross_entropy_probs(p, q, axis: int = -1, *, where=None) -> jax.Array:
 
   H(p, q) = -Σ_i p_i log q_i = H(p) + KL(p ‖ q), summed along `axis`.
 
-  Example:
+  Examples:
     >>> import klax
     >>> float(klax.cross_entropy_probs([1.0, 0.0], [0.5, 0.5]))  # log 2  # doctest: +ELLIPSIS
     0.6931...
@@ -145,7 +145,7 @@ def kl_divergence_logits(p_logits, q_logits, axis: int = -1, *, where=None) -> j
   KL(p ‖ q) = Σ_i p_i (log p_i − log q_i) with log p = log_softmax(p_logits) and
   log q = log_softmax(q_logits) along `axis`. This is the per-token KL of RLHF and distillation.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp, klax
     >>> float(klax.kl_divergence_logits(jnp.log(jnp.array([0.5, 0.5])),
     ...                                 jnp.log(jnp.array([0.9, 0.1]))))  # doctest: +ELLIPSIS
@@ -162,7 +162,7 @@ def entropy_logits(logits, axis: int = -1, *, where=None) -> jax.Array:
 
   H(p) = -Σ_i p_i log p_i with log p = log_softmax(logits).
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp, klax
     >>> float(klax.entropy_logits(jnp.zeros(4)))  # log 4  # doctest: +ELLIPSIS
     1.3862...
@@ -176,7 +176,7 @@ def cross_entropy_logits(p_logits, q_logits, axis: int = -1, *, where=None) -> j
 
   H(p, q) = -Σ_i p_i log q_i = H(p) + KL(p ‖ q).
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp, klax
     >>> float(klax.cross_entropy_logits(jnp.zeros(2), jnp.zeros(2)))  # log 2  # doctest: +ELLIPSIS
     0.6931...

@@ -31,7 +31,7 @@ def kl_divergence_exponential_family(
   Returns:
     A scalar.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp, klax
     >>> poisson_a = lambda log_rate: jnp.exp(log_rate)  # A(η) = e^η for Poisson(λ = e^η)
     >>> kl = klax.kl_divergence_exponential_family(poisson_a, jnp.log(2.0), jnp.log(3.0))

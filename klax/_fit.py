@@ -31,6 +31,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
 from klax import _checks
+from klax._gradients import gradient_variance
 
 
 class FitResult(NamedTuple):
@@ -42,11 +43,15 @@ class FitResult(NamedTuple):
     losses: the loss every `trace_every` steps, shape [num_steps // trace_every]; NaN from the
       step where the fit diverged on.
     diverged_at: the first step whose loss, gradient or update was not finite, or −1.
+    gradient_variances: with `gradient_variance_draws` = D > 0, the total variance of the
+      stochastic gradient, tr Cov_k[∇_θ loss(θ_t, k)] over D fresh keys, at the parameters of
+      every recording step (aligned with `losses`; see `klax.gradient_variance`); else None.
   """
 
   params: Any
   losses: jax.Array
   diverged_at: jax.Array
+  gradient_variances: Any = None
 
   @property
   def diverged(self) -> jax.Array:
@@ -70,12 +75,13 @@ def _select(condition, new, old):
   return jax.tree.map(lambda a, b: jnp.where(condition, a, b), new, old)
 
 
-def _step(loss, optimizer, record, state: _State, key, step_index) -> tuple[_State, jax.Array]:
+def _step(loss, optimizer, variance_draws, record, state: _State, key, step_index):
   """One optimiser step for one fit; frozen once the fit has diverged.
 
-  With `record` False the loss value is returned as None and left out of the finiteness test, so
-  that XLA drops its computation when the optimiser does not use it (Adam, SGD: it costs about a
-  quarter of a step); gradients and parameters are still checked every step.
+  Returns the new state and the record `(loss value, gradient variance or None)`. With `record`
+  False the record is (None, None) and the loss is left out of the finiteness test, so that XLA
+  drops its computation when the optimiser does not use it (Adam, SGD: it costs about a quarter
+  of a step); gradients and parameters are still checked every step.
   """
   step_key = jax.random.fold_in(key, step_index)
   value, grads = jax.value_and_grad(loss)(state.params, step_key)
@@ -103,8 +109,13 @@ def _step(loss, optimizer, record, state: _State, key, step_index) -> tuple[_Sta
     diverged_at=jnp.where(diverges_now, step_index, state.diverged_at).astype(jnp.int32),
   )
   if not record:
-    return new_state, None
-  return new_state, jnp.where(running, value, jnp.nan)  # NaN in the trace once frozen.
+    return new_state, (None, None)
+  variance = None
+  if variance_draws:  # At the step's starting parameters, from keys independent of the step's.
+    variance_key = jax.random.fold_in(step_key, 1)
+    variance = gradient_variance(loss, state.params, variance_key, variance_draws)
+    variance = jnp.where(running, variance, jnp.nan)
+  return new_state, (jnp.where(running, value, jnp.nan), variance)  # NaN once frozen.
 
 
 _PROGRESS: dict[str, Any] = {"bar": None, "offset": 0}
@@ -130,14 +141,14 @@ def _run(step, state, keys, num_steps: int, trace_every: int, progress: bool):
     if trace_every > 1:
       quiet = first + jnp.arange(trace_every - 1)
       state, _ = jax.lax.scan(lambda s, i: step(False, s, keys, i), state, quiet)
-    state, value = step(True, state, keys, first + trace_every - 1)
+    state, record = step(True, state, keys, first + trace_every - 1)
     if progress:
       jax.lax.cond(
         (block_index + 1) % report_every == 0,
-        lambda: jax.debug.callback(_report_progress, first + trace_every, value),
+        lambda: jax.debug.callback(_report_progress, first + trace_every, record[0]),
         lambda: None,
       )
-    return state, value
+    return state, record
 
   return jax.lax.scan(block, state, jnp.arange(num_steps // trace_every))
 
@@ -146,26 +157,40 @@ def _init_state(optimizer, params) -> _State:
   return _State(params, params, optimizer.init(params), jnp.array(-1, jnp.int32))
 
 
-@functools.partial(
-  jax.jit, static_argnames=("loss", "optimizer", "num_steps", "trace_every", "progress")
-)
-def _fit(loss, params, optimizer, key, num_steps, trace_every, progress):
-  step = functools.partial(_step, loss, optimizer)
-  state, losses = _run(step, _init_state(optimizer, params), key, num_steps, trace_every, progress)
-  return FitResult(state.params, losses, state.diverged_at)
+_STATIC = ("loss", "optimizer", "num_steps", "trace_every", "progress", "variance_draws")
 
 
-@functools.partial(
-  jax.jit, static_argnames=("loss", "optimizer", "num_steps", "trace_every", "progress")
-)
-def _fit_chunk(loss, params_batch, optimizer, member_keys, num_steps, trace_every, progress):
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _fit(loss, params, optimizer, key, num_steps, trace_every, progress, variance_draws):
+  step = functools.partial(_step, loss, optimizer, variance_draws)
+  state, (losses, variances) = _run(
+    step, _init_state(optimizer, params), key, num_steps, trace_every, progress
+  )
+  return FitResult(state.params, losses, state.diverged_at, variances)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _fit_chunk(
+  loss, params_batch, optimizer, member_keys, num_steps, trace_every, progress, variance_draws
+):
   def batched_step(record, state, keys, step_index):
-    one = functools.partial(_step, loss, optimizer, record)
+    one = functools.partial(_step, loss, optimizer, variance_draws, record)
     return jax.vmap(one, in_axes=(0, 0, None))(state, keys, step_index)
 
   state = jax.vmap(functools.partial(_init_state, optimizer))(params_batch)
-  state, losses = _run(batched_step, state, member_keys, num_steps, trace_every, progress)
-  return FitResult(state.params, jnp.swapaxes(losses, 0, 1), state.diverged_at)
+  state, records = _run(batched_step, state, member_keys, num_steps, trace_every, progress)
+  losses, variances = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), records)
+  return FitResult(state.params, losses, state.diverged_at, variances)
+
+
+def _variance_draws(draws) -> int:
+  """`gradient_variance_draws`, checked: 0 (off) or an integer of at least 2."""
+  if not isinstance(draws, bool) and isinstance(draws, int | np.integer) and draws == 0:
+    return 0
+  draws = _checks.positive_int(draws, "gradient_variance_draws")
+  if draws < 2:
+    raise ValueError(f"`gradient_variance_draws` must be 0 (off) or at least 2, got {draws}.")
+  return draws
 
 
 def _checked_schedule(num_steps, trace_every) -> tuple[int, int]:
@@ -234,10 +259,11 @@ def fit(
   *,
   trace_every: int = 1,
   progress: bool = False,
+  gradient_variance_draws: int = 0,
 ) -> FitResult:
   """Minimises `loss(params, key)` with an optax optimiser for `num_steps` steps.
 
-  θ_{t+1} = θ_t + update(∇_θ loss(θ_t, k_t)),  k_t = fold_in(key, t),
+  θₜ₊₁ = θₜ + update(∇_θ loss(θₜ, kₜ)),  kₜ = fold_in(key, t),
 
   as one `lax.scan`, compiled once per (loss, optimizer, num_steps, trace_every). Works with
   any optax `GradientTransformation`, including `optax.lbfgs` (its line search receives the loss
@@ -251,12 +277,15 @@ def fit(
     num_steps: the number of optimiser steps.
     trace_every: record the loss every this many steps (must divide `num_steps`).
     progress: show a tqdm progress bar, updated by host callbacks about 100 times.
+    gradient_variance_draws: if D > 0 (D ≥ 2), also record the total gradient variance
+      tr Cov_k[∇_θ loss(θ_t, k)] from D independent draws on every recording step, for
+      comparing gradient estimators along a fit (costs D gradients per recording step).
 
   Returns:
-    `FitResult(params, losses, diverged_at)`. A fit whose loss goes non-finite stops there,
-    keeps its last finite parameters, and (outside `jit`) warns.
+    `FitResult(params, losses, diverged_at, gradient_variances)`. A fit whose loss goes
+      non-finite stops there, keeps its last finite parameters, and (outside `jit`) warns.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, optax, klax
     >>> loss = lambda params, key: jnp.sum((params - 3.0) ** 2)  # Deterministic: key unused.
     >>> result = klax.fit(loss, jnp.zeros(2), optax.lbfgs(), jax.random.key(0), 10)
@@ -267,7 +296,8 @@ def fit(
   loss, optimizer = _loss(loss), _optimizer(optimizer)
   bar = _start_progress(progress, num_steps, "fit")
   try:
-    result = _fit(loss, params, optimizer, key, num_steps, trace_every, bool(progress))
+    draws = _variance_draws(gradient_variance_draws)
+    result = _fit(loss, params, optimizer, key, num_steps, trace_every, bool(progress), draws)
     if bar is not None:
       jax.block_until_ready(result)
   finally:
@@ -314,6 +344,7 @@ def fit_batch(
   chunk_size: int | None = None,
   trace_every: int = 1,
   progress: bool = False,
+  gradient_variance_draws: int = 0,
 ) -> FitResult:
   """Many independent fits at once, over the leading axis of `params_batch`.
 
@@ -336,12 +367,15 @@ def fit_batch(
       of the number of devices.
     trace_every: record the loss every this many steps (memory: B × num_steps / trace_every).
     progress: show a tqdm bar over chunks × steps.
+    gradient_variance_draws: as in `fit`: record each member's gradient variance (D ≥ 2 draws)
+      on every recording step.
 
   Returns:
     `FitResult` with a leading batch axis on every field. Members whose loss went non-finite
-    are frozen at their last finite parameters (`diverged_at` >= 0) and a warning says how many.
+      are frozen at their last finite parameters (`diverged_at` >= 0) and a warning says how
+      many.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, optax, klax
     >>> log_p = lambda x: jnp.logaddexp(-0.5 * (x + 3) ** 2, -0.5 * (x - 3) ** 2)  # Two modes.
     >>> loss = klax.reverse_kl_loss(klax.families.normal(), log_p, 32)
@@ -353,6 +387,7 @@ def fit_batch(
   num_steps, trace_every = _checked_schedule(num_steps, trace_every)
   loss, optimizer = _loss(loss), _optimizer(optimizer)
   size = _batch_size(params_batch)
+  draws = _variance_draws(gradient_variance_draws)
   devices = jax.devices()
   chunk = min(size, _checks.positive_int(chunk_size, "chunk_size") if chunk_size else 1 << 16)
   chunk = -(-chunk // len(devices)) * len(devices)
@@ -370,7 +405,7 @@ def fit_batch(
       if len(devices) > 1:
         chunk_params, chunk_keys = jax.device_put((chunk_params, chunk_keys), sharding)
       result = _fit_chunk(
-        loss, chunk_params, optimizer, chunk_keys, num_steps, trace_every, bool(progress)
+        loss, chunk_params, optimizer, chunk_keys, num_steps, trace_every, bool(progress), draws
       )
       results.append(result if whole else jax.tree.map(lambda x, n=stop - start: x[:n], result))
       if bar is not None:  # Callbacks are asynchronous: let this chunk's finish first.

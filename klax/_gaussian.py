@@ -6,6 +6,7 @@ shape [..., d, d], and broadcasts over the leading axes.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -60,13 +61,17 @@ def kl(mean_p: jax.Array, chol_p: jax.Array, mean_q: jax.Array, chol_q: jax.Arra
   """KL(N(m_p, Σ_p) ‖ N(m_q, Σ_q)).
 
   = ½ [tr(Σ_q⁻¹ Σ_p) + (m_q − m_p)ᵀ Σ_q⁻¹ (m_q − m_p) − d + log|Σ_q| − log|Σ_p|],
-  computed from Cholesky factors: tr(Σ_q⁻¹ Σ_p) = ‖L_q⁻¹ L_p‖²_F.
+  computed from Cholesky factors: tr(Σ_q⁻¹ Σ_p) = ‖L_q⁻¹ L_p‖²_F, and
+  log|Σ_q| − log|Σ_p| = 2 Σ_i log(L_q,ii / L_p,ii) as logs of ratios, which do not cancel at
+  large or small scales.
   """
   d = mean_p.shape[-1]
   trace = jnp.sum(_broadcast_solve(chol_q, chol_p) ** 2, axis=(-2, -1))
   z = _broadcast_solve(chol_q, (mean_q - mean_p)[..., None])
   mahalanobis = jnp.sum(z**2, axis=(-2, -1))
-  return 0.5 * (trace + mahalanobis - d + log_det(chol_q) - log_det(chol_p))
+  diagonal = functools.partial(jnp.diagonal, axis1=-2, axis2=-1)
+  log_det_ratio = 2.0 * jnp.sum(jnp.log(diagonal(chol_q) / diagonal(chol_p)), axis=-1)
+  return 0.5 * (trace + mahalanobis - d + log_det_ratio)
 
 
 @jax.jit

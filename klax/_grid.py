@@ -56,7 +56,7 @@ def kl_divergence_grid(log_p: LogDensity, log_q: LogDensity, grid, normalize: bo
   Returns:
     A scalar.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp, klax
     >>> from jax.scipy.stats import norm
     >>> x = jnp.linspace(-10.0, 10.0, 2001)

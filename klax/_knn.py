@@ -59,7 +59,7 @@ def kl_divergence_knn(x, y, k: int = 1) -> jax.Array:
   Returns:
     A scalar estimate (it can be slightly negative when p ≈ q).
 
-  Example:
+  Examples:
     >>> import jax, klax
     >>> kx, ky = jax.random.split(jax.random.key(0))
     >>> x = jax.random.normal(kx, (2000,))

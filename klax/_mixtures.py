@@ -168,7 +168,7 @@ def kl_divergence_mixture_variational_approx(p, q) -> jax.Array:
 
   An approximation, not a bound; exact when both are single Gaussians.
 
-  Example:
+  Examples:
     >>> import distrax, jax.numpy as jnp, klax
     >>> p = distrax.MixtureSameFamily(distrax.Categorical(probs=jnp.array([0.5, 0.5])),
     ...                               distrax.Normal(jnp.array([-3.0, 3.0]), 1.2))
@@ -186,7 +186,7 @@ def kl_divergence_mixture_product_approx(p, q) -> jax.Array:
 
   An approximation, not a bound (it replaces E_f[log ·] by log E_f[·] in both terms).
 
-  Example:
+  Examples:
     >>> import distrax, jax.numpy as jnp, klax
     >>> p = distrax.MixtureSameFamily(distrax.Categorical(probs=jnp.array([0.5, 0.5])),
     ...                               distrax.Normal(jnp.array([-3.0, 3.0]), 1.2))
@@ -205,7 +205,7 @@ def kl_divergence_mixture_matched_bound_approx(p, q) -> jax.Array:
 
   An approximation: it is an upper bound only when the matching m is one-to-one.
 
-  Example:
+  Examples:
     >>> import distrax, jax.numpy as jnp, klax
     >>> p = distrax.MixtureSameFamily(distrax.Categorical(probs=jnp.array([0.5, 0.5])),
     ...                               distrax.Normal(jnp.array([-3.0, 3.0]), 1.2))
@@ -225,7 +225,7 @@ def kl_divergence_mixture_lower_bound(p, q) -> jax.Array:
   E_{f_a}[log f] ≥ log Σ_a' π_a' exp(E_{f_a}[log f_a']) (Jensen, log-sum-exp convex), with
   E_{f_a}[log f_a'] = −H(f_a) − D(f_a ‖ f_a'). The bound can be negative; KL ≥ 0 regardless.
 
-  Example:
+  Examples:
     >>> import distrax, jax.numpy as jnp, klax
     >>> p = distrax.MixtureSameFamily(distrax.Categorical(probs=jnp.array([0.5, 0.5])),
     ...                               distrax.Normal(jnp.array([-3.0, 3.0]), 1.2))
@@ -247,7 +247,7 @@ def kl_divergence_mixture_upper_bound(p, q, *, num_iterations: int = 50) -> jax.
   φ_ab = π_a ψ_ab e^{−D_ab} / Σ_b' ψ_ab' e^{−D_ab'} and ψ_ab = ω_b φ_ab / Σ_a' φ_a'b, starting
   from φ = ψ = π ωᵀ; every iterate is a valid bound and none is looser than the previous one.
 
-  Example:
+  Examples:
     >>> import distrax, jax.numpy as jnp, klax
     >>> p = distrax.MixtureSameFamily(distrax.Categorical(probs=jnp.array([0.5, 0.5])),
     ...                               distrax.Normal(jnp.array([-3.0, 3.0]), 1.2))

@@ -54,7 +54,7 @@ def kl_from_log_ratio(log_ratio, estimator: str = "k1") -> jax.Array:
   Returns:
     An array with the shape of `log_ratio`.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp, klax
     >>> klax.kl_from_log_ratio(jnp.array([0.0, 1.0]), "k2").tolist()
     [0.0, 0.5]
@@ -100,7 +100,7 @@ def kl_divergence_mc(p, q, key: jax.Array, num_samples: int, estimator: str = "k
   Returns:
     `Estimate(value, stderr)`, each with the broadcast batch shape of `p` and `q`.
 
-  Example:
+  Examples:
     >>> import distrax, jax, klax
     >>> est = klax.kl_divergence_mc(distrax.Normal(0.0, 1.0), distrax.Normal(1.0, 1.0),
     ...                             jax.random.key(0), 10_000)
@@ -118,7 +118,7 @@ def kl_divergence_mc(p, q, key: jax.Array, num_samples: int, estimator: str = "k
 def entropy_mc(p, key: jax.Array, num_samples: int) -> Estimate:
   """Monte Carlo estimate of H(p) = −E_{x ~ p}[log p(x)], with its standard error.
 
-  Example:
+  Examples:
     >>> import distrax, jax, klax
     >>> est = klax.entropy_mc(distrax.Normal(0.0, 1.0), jax.random.key(0), 10_000)
     >>> abs(float(est.value) - 1.4189385) < 4 * float(est.stderr)
@@ -132,7 +132,7 @@ def entropy_mc(p, key: jax.Array, num_samples: int) -> Estimate:
 def cross_entropy_mc(p, q, key: jax.Array, num_samples: int) -> Estimate:
   """Monte Carlo estimate of H(p, q) = −E_{x ~ p}[log q(x)], with its standard error.
 
-  Example:
+  Examples:
     >>> import distrax, jax, klax
     >>> est = klax.cross_entropy_mc(distrax.Normal(0.0, 1.0), distrax.Normal(1.0, 1.0),
     ...                             jax.random.key(0), 10_000)

@@ -58,7 +58,7 @@ def forward_kl_loss(family: Family, data, batch_size: int | None = None) -> Call
   Returns:
     `loss(params, key) -> scalar`.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, optax, klax
     >>> data = 2.0 + 0.5 * jax.random.normal(jax.random.key(0), (1000,))
     >>> loss = klax.forward_kl_loss(klax.families.normal(), data)
@@ -123,7 +123,7 @@ def reverse_kl_loss(
   Returns:
     `loss(params, key) -> scalar`.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, optax, klax
     >>> log_p = lambda x: -0.5 * ((x - 1.0) / 0.5) ** 2  # N(1, 0.5²), unnormalised.
     >>> loss = klax.reverse_kl_loss(klax.families.normal(), log_p, num_samples=32)
@@ -168,7 +168,7 @@ def elbo(q, log_density: Callable, key: jax.Array, num_samples: int) -> Estimate
   Returns:
     `Estimate(value, stderr)`.
 
-  Example:
+  Examples:
     >>> import distrax, jax, klax
     >>> log_p = lambda x: -0.5 * ((x - 1.0) / 0.5) ** 2  # Z = 0.5 √(2π)
     >>> estimate = klax.elbo(distrax.Normal(1.0, 0.5), log_p, jax.random.key(0), 100)
@@ -189,7 +189,7 @@ def iwae_loss(family: Family, log_density: Callable, num_samples: int) -> Callab
 
   whose expectation is −L_K with ELBO = L_1 ≤ L_K ≤ L_∞ = log Z.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, klax
     >>> log_p = lambda x: -0.5 * ((x - 1.0) / 0.5) ** 2  # log Z = log(0.5 √(2π)) = 0.2258
     >>> loss = klax.iwae_loss(klax.families.normal(), log_p, 16)
@@ -218,7 +218,7 @@ def renyi_loss(family: Family, log_density: Callable, num_samples: int, alpha: f
   (minimising |D_α|); smaller α moves q further toward mass covering. α = 1 is computed as the
   ELBO exactly. With finite S the estimate of L_α is biased low (a log of a mean).
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, klax
     >>> log_p = lambda x: -0.5 * ((x - 1.0) / 0.5) ** 2
     >>> params = {"loc": jnp.array(0.0), "log_scale": jnp.array(0.0)}

@@ -234,6 +234,14 @@ CASES = [
     "error",
   ),
   (
+    "fit",
+    "gradient_variance_draws = 1",
+    lambda: klax.fit(LOSS, PARAMS, optax.adam(0.1), KEY, 10, gradient_variance_draws=1),
+    ValueError,
+    "`gradient_variance_draws` must be 0 (off) or at least 2",
+    "error",
+  ),
+  (
     "fit_batch",
     "leaves with different batch sizes",
     lambda: klax.fit_batch(

@@ -25,6 +25,13 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
   assert list(tmp_path.iterdir()) == [path]
 
 
+def test_results_file_gets_the_usual_permissions(tmp_path):
+  path, plain = tmp_path / "results.json", tmp_path / "plain.json"
+  _io.write_json_atomic(path, {"answer": 1})
+  plain.write_text("{}")  # What open() gives under the current umask.
+  assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
 def test_interrupted_run_leaves_earlier_results_intact(tmp_path):
   previous = {"experiment": "earlier run"}
   (tmp_path / "results.json").write_text(json.dumps(previous))

@@ -123,8 +123,12 @@ def test_gradient_estimators_variances(tmp_path):
     )
   slope = np.polyfit(np.log(results["sample_counts"]), np.log(at_start["reparam"]), 1)[0]
   assert -1.2 < slope < -0.8  # Variance ∝ 1/S.
-  end = results["along_fit"][-1]
+  along = results["along_fit"]  # Variances recorded by klax.fit along each estimator's own fit.
+  end = {name: values[-1] for name, values in along["variance"].items()}
   assert end["stl"] < 1e-2 * end["reparam"]  # STL's variance vanishes at the exact posterior.
+  assert end["score, leave-one-out"] < 1e-2 * end["reparam"]
+  assert along["diverged_at"]["stl"] == along["diverged_at"]["reparam"] == -1
+  assert along["kl"]["stl"] < 1e-3
 
 
 def test_mode_seeking_phase_bifurcates(tmp_path):

@@ -271,3 +271,81 @@ def test_four_cpu_devices_give_the_same_results_as_one(chunk_size):
   assert [o["devices"] for o in outputs] == [1, 4]
   np.testing.assert_allclose(outputs[0]["loc"], outputs[1]["loc"], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(outputs[0]["losses"], outputs[1]["losses"], rtol=1e-5, atol=1e-6)
+
+
+def _noisy_quadratic(scale):
+  """loss(θ, k) = ½‖θ‖² + s θ·ε, ε ~ N(0, I): ∇ = θ + s ε, so tr Cov[∇] = d s² (on paper)."""
+
+  def loss(params, key):
+    noise = jax.random.normal(key, params.shape)
+    return 0.5 * jnp.sum(params**2) + scale * jnp.sum(params * noise)
+
+  return loss
+
+
+def test_gradient_variance_trace_matches_the_variance_on_paper():
+  loss, draws = _noisy_quadratic(0.5), 2_000
+  result = klax.fit(
+    loss,
+    jnp.ones(3),
+    optax.sgd(0.1),
+    jax.random.key(0),
+    40,
+    trace_every=4,
+    gradient_variance_draws=draws,
+  )
+  assert result.gradient_variances.shape == result.losses.shape == (10,)
+  # The sample variance of d = 3 coordinates from D draws: relative s.e. √(2 / (d (D − 1))).
+  expected, stderr = 3 * 0.25, 3 * 0.25 * np.sqrt(2 / (3 * (draws - 1)))
+  np.testing.assert_array_less(np.abs(result.gradient_variances - expected), 4 * stderr)
+  assert (
+    klax.fit(loss, jnp.ones(3), optax.sgd(0.1), jax.random.key(0), 40).gradient_variances is None
+  )
+
+
+def test_gradient_variance_trace_vanishes_for_sticking_the_landing_at_the_posterior():
+  posterior = jnp.array(1.5), jnp.log(0.5)  # Target N(1.5, 0.5²): q = N(1.5, 0.5²) is exact.
+  log_target = lambda x: norm.logpdf(x, 1.5, 0.5)  # noqa: E731
+  start = {"loc": posterior[0], "log_scale": posterior[1]}
+  for gradient, vanishes in (("stl", True), ("reparam", False)):
+    loss = klax.reverse_kl_loss(families.normal(), log_target, 8, gradient)
+    result = klax.fit(loss, start, optax.sgd(0.0), jax.random.key(1), 4, gradient_variance_draws=64)
+    assert (float(result.gradient_variances.max()) < 1e-8) == vanishes, gradient
+
+
+def test_gradient_variance_trace_in_fit_batch_and_under_jit():
+  loss = _noisy_quadratic(1.0)
+  starts = jnp.ones((3, 2))
+  batch = klax.fit_batch(
+    loss, starts, optax.sgd(0.1), jax.random.key(2), 8, trace_every=2, gradient_variance_draws=16
+  )
+  assert batch.gradient_variances.shape == batch.losses.shape == (3, 4)
+  member = klax.fit(
+    loss,
+    starts[1],
+    optax.sgd(0.1),
+    jax.random.split(jax.random.key(2), 3)[1],
+    8,
+    trace_every=2,
+    gradient_variance_draws=16,
+  )
+  np.testing.assert_allclose(batch.gradient_variances[1], member.gradient_variances, rtol=1e-5)
+  jitted = jax.jit(
+    lambda p, k: klax.fit(loss, p, optax.sgd(0.1), k, 8, trace_every=2, gradient_variance_draws=16)
+  )(starts[1], jax.random.split(jax.random.key(2), 3)[1])
+  np.testing.assert_allclose(jitted.gradient_variances, member.gradient_variances, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+  ("draws", "error"), [(1, ValueError), (-2, ValueError), (2.5, TypeError), (True, TypeError)]
+)
+def test_gradient_variance_draws_is_checked(draws, error):
+  with pytest.raises(error, match="gradient_variance_draws"):
+    klax.fit(
+      _noisy_quadratic(1.0),
+      jnp.ones(2),
+      optax.sgd(0.1),
+      jax.random.key(0),
+      2,
+      gradient_variance_draws=draws,
+    )
