@@ -29,11 +29,22 @@ def main(
   parser = argparse.ArgumentParser(prog=f"{name}.py", description=description)
   parser.add_argument("--quick", action="store_true", help="small sizes (what the tests run)")
   parser.add_argument("--out", default=f"results/{name}", help="output folder")
+  parser.add_argument(
+    "--repeat",
+    metavar="RESULTS_JSON",
+    help="re-run with the config recorded in a results.json and check that every number agrees",
+  )
   args = parser.parse_args(argv)
-  config = config_class.quick(out=args.out) if args.quick else config_class(out=args.out)
+  if args.repeat:
+    recorded = _io.recorded_run(Path(args.repeat), name, seed)
+    config = _io.config_from_dict(config_class, recorded["config"], out=args.out)
+  else:
+    config = config_class.quick(out=args.out) if args.quick else config_class(out=args.out)
   start = time.perf_counter()
   results = run(config)
   wall = time.perf_counter() - start
+  if args.repeat:
+    _io.check_reproduced(recorded, results)
   out = Path(config.out)
   out.mkdir(parents=True, exist_ok=True)
   for filename, plot in figures.items():

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from tensorflow_probability.substrates import jax as tfp
 
 from klax import _checks
+from klax import _registrations
 
 tfd = tfp.distributions
 
@@ -34,7 +35,9 @@ def kl_divergence(p, q) -> jax.Array:
 
   Covers every pair registered by distrax or TFP-on-JAX, plus klax's additions (Poisson,
   Geometric, Binomial, Multinomial, Exponential pairs, Normal ‖ Laplace, Laplace ‖ Normal, and all
-  cross pairs among multivariate normals).
+  cross pairs among multivariate normals). Categorical, Bernoulli and Tri/Diag multivariate
+  normal pairs use klax's own cancellation-free forms: accurate at scales from 1e-20 to 1e20,
+  never negative when p ≈ q, and exactly 0 when p = q.
 
   Args:
     p: a distrax or TFP-on-JAX distribution.
@@ -56,6 +59,9 @@ def kl_divergence(p, q) -> jax.Array:
   _checks.distribution(p, "p")
   _checks.distribution(q, "q")
   _checks.same_event_shape(p, q)
+  override = _registrations.override(p, q)
+  if override is not None:
+    return jnp.asarray(override(p, q))
   try:
     return jnp.asarray(tfd.kl_divergence(p, q))
   except NotImplementedError as error:
@@ -70,6 +76,12 @@ def entropy(p) -> jax.Array:
   """Closed-form differential (or Shannon) entropy of a distribution.
 
   H(p) = −E_{x ~ p}[log p(x)], in nats, with the batch shape of `p`.
+
+  Args:
+    p: a distrax or TFP-on-JAX distribution.
+
+  Returns:
+    H(p) in nats, shape `p.batch_shape`.
 
   Raises:
     UnsupportedDistributionError: `p` has no closed-form entropy (e.g. Poisson, Binomial, a
@@ -94,6 +106,13 @@ def cross_entropy(p, q) -> jax.Array:
   """Closed-form cross-entropy of `q` relative to `p`.
 
   H(p, q) = −E_{x ~ p}[log q(x)] = H(p) + KL(p ‖ q), in nats.
+
+  Args:
+    p: a distrax or TFP-on-JAX distribution (expectations are under `p`).
+    q: a distribution with the same event shape.
+
+  Returns:
+    H(p, q) in nats, shape `broadcast(p.batch_shape, q.batch_shape)`.
 
   Raises:
     UnsupportedDistributionError: either H(p) or KL(p ‖ q) has no closed form. Use

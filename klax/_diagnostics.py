@@ -14,6 +14,7 @@ from klax import _checks
 from klax._fit import FitResult
 from klax._monte_carlo import Estimate
 from klax._monte_carlo import mean_and_stderr
+from klax._monte_carlo import sample_and_log_prob
 
 
 class Basin(NamedTuple):
@@ -58,6 +59,9 @@ def basin_report(
   value_fn: Callable[[Any], Any] | None = None,
 ) -> list[Basin]:
   """Groups the members of a `fit_batch` result by the optimum they reached.
+
+  Member i joins basin b when max_j |φ(θ_i)_j − c_b,j| ≤ tolerance, c_b = mean of φ over b's
+  members (φ = `features`).
 
   Members are taken in order of increasing final loss; each joins the first basin whose
   centroid (the mean feature vector of its members so far) lies within `tolerance` of it in the
@@ -226,7 +230,7 @@ def reverse_kl_diagnostics(
   """
   _checks.distribution(q, "q")
   num_samples = _checks.positive_int(num_samples, "num_samples")
-  x, log_q = q.sample_and_log_prob(seed=key, sample_shape=(num_samples,))
+  x, log_q = sample_and_log_prob(q, key, num_samples)
   log_w = jax.vmap(log_density)(x) - log_q
   scaled = jnp.exp(log_w - jnp.max(log_w))
   mean_weight = jnp.mean(scaled)

@@ -100,6 +100,14 @@ def entropy_probs(p, axis: int = -1, *, where=None) -> jax.Array:
 
   H(p) = -Σ_i p_i log p_i, summed along `axis`.
 
+  Args:
+    p: probabilities (non-negative, summing to 1 along `axis`).
+    axis: the axis that indexes outcomes.
+    where: optional boolean mask of the outcomes to include.
+
+  Returns:
+    The entropy of each row, the shape of `p` without `axis`.
+
   Examples:
     >>> import klax
     >>> float(klax.entropy_probs([0.5, 0.5]))  # log 2  # doctest: +ELLIPSIS
@@ -114,6 +122,16 @@ def cross_entropy_probs(p, q, axis: int = -1, *, where=None) -> jax.Array:
   """Cross-entropy (in nats) of `q` relative to `p`, both given by probabilities.
 
   H(p, q) = -Σ_i p_i log q_i = H(p) + KL(p ‖ q), summed along `axis`.
+
+  Args:
+    p: probabilities of the distribution expectations are taken under.
+    q: probabilities of the second distribution, same shape as `p`.
+    axis: the axis that indexes outcomes.
+    where: optional boolean mask of the outcomes to include.
+
+  Returns:
+    The cross-entropy of each row, the shape of `p` without `axis`; +inf where some
+    p_i > 0 = q_i.
 
   Examples:
     >>> import klax
@@ -145,22 +163,67 @@ def kl_divergence_logits(p_logits, q_logits, axis: int = -1, *, where=None) -> j
   KL(p ‖ q) = Σ_i p_i (log p_i − log q_i) with log p = log_softmax(p_logits) and
   log q = log_softmax(q_logits) along `axis`. This is the per-token KL of RLHF and distillation.
 
+  Args:
+    p_logits: unnormalised log-probabilities of p (any real numbers; −inf is probability 0).
+    q_logits: unnormalised log-probabilities of q, same shape as `p_logits`.
+    axis: the axis that indexes outcomes.
+    where: optional boolean mask of the outcomes to include (the others get probability 0).
+
+  Returns:
+    The KL of each row, the shape of `p_logits` without `axis`.
+
   Examples:
     >>> import jax.numpy as jnp, klax
     >>> float(klax.kl_divergence_logits(jnp.log(jnp.array([0.5, 0.5])),
     ...                                 jnp.log(jnp.array([0.9, 0.1]))))  # doctest: +ELLIPSIS
     0.5108...
   """
-  (log_p, log_q), axis = _log_softmax_pair(
-    {"p_logits": p_logits, "q_logits": q_logits}, axis, where
-  )
-  return jnp.sum(prob_times(log_p, log_p - log_q), axis=axis, where=where)
+  (p_logits, q_logits), axis = _checked_arrays({"p_logits": p_logits, "q_logits": q_logits}, axis)
+  return kl_from_logits(p_logits, q_logits, axis, where)
+
+
+def kl_from_logits(p_logits, q_logits, axis: int = -1, where=None) -> jax.Array:
+  """Σ p (log p − log q) for checked logits, accurate when p ≈ q.
+
+  With d = p_logits − q_logits and any constant c, t = d − c, the normalisers cancel:
+  KL = E_p[t] + log E_p[e^{−t}] = A − (B − log1p(B)), A = E_p[t + expm1(−t)] (every term ≥ 0),
+  B = E_p[expm1(−t)]. Centred (c = E_p[d]) this is accurate to a few ulps of the KL itself
+  when every |t| < 1, where subtracting two log-softmaxes would lose ulps of |log p|; elsewhere
+  the plain form is used.
+  """
+  log_p = jax.nn.log_softmax(p_logits, axis=axis, where=where)
+  log_q = jax.nn.log_softmax(q_logits, axis=axis, where=where)
+  possible = log_p > -jnp.inf
+  if where is not None:
+    possible &= where
+  p = jnp.where(possible, jnp.exp(jnp.where(possible, log_p, 0.0)), 0.0)
+
+  def expect(values):  # E_p[values], 0 · anything = 0 where p = 0.
+    return jnp.sum(p * jnp.where(possible, values, 0.0), axis=axis, where=where)
+
+  plain = expect(log_p - log_q)
+  d = jnp.where(possible, p_logits - q_logits, 0.0)
+  t = d - jnp.expand_dims(expect(d), axis)
+  small = jnp.abs(t) < 1.0
+  near = jnp.all(small | ~possible, axis=axis)
+  t = jnp.where(small, t, 0.0)
+  e = jnp.expm1(-t)
+  a, b = expect(t + e), expect(e)
+  return jnp.where(near, a - (b - jnp.log1p(b)), plain)
 
 
 def entropy_logits(logits, axis: int = -1, *, where=None) -> jax.Array:
   """Shannon entropy (in nats) of the distribution softmax(logits) along `axis`.
 
   H(p) = -Σ_i p_i log p_i with log p = log_softmax(logits).
+
+  Args:
+    logits: unnormalised log-probabilities.
+    axis: the axis that indexes outcomes.
+    where: optional boolean mask of the outcomes to include (the others get probability 0).
+
+  Returns:
+    The entropy of each row, the shape of `logits` without `axis`.
 
   Examples:
     >>> import jax.numpy as jnp, klax
@@ -175,6 +238,15 @@ def cross_entropy_logits(p_logits, q_logits, axis: int = -1, *, where=None) -> j
   """Cross-entropy of softmax(q_logits) relative to softmax(p_logits) along `axis`.
 
   H(p, q) = -Σ_i p_i log q_i = H(p) + KL(p ‖ q).
+
+  Args:
+    p_logits: unnormalised log-probabilities of the distribution expectations are taken under.
+    q_logits: unnormalised log-probabilities of q, same shape.
+    axis: the axis that indexes outcomes.
+    where: optional boolean mask of the outcomes to include (the others get probability 0).
+
+  Returns:
+    The cross-entropy of each row, the shape of `p_logits` without `axis`.
 
   Examples:
     >>> import jax.numpy as jnp, klax

@@ -158,6 +158,7 @@ def _init_state(optimizer, params) -> _State:
 
 
 _STATIC = ("loss", "optimizer", "num_steps", "trace_every", "progress", "variance_draws")
+_CHUNK_STATIC = (*_STATIC, "common_random_numbers")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -169,13 +170,23 @@ def _fit(loss, params, optimizer, key, num_steps, trace_every, progress, varianc
   return FitResult(state.params, losses, state.diverged_at, variances)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
+@functools.partial(jax.jit, static_argnames=_CHUNK_STATIC)
 def _fit_chunk(
-  loss, params_batch, optimizer, member_keys, num_steps, trace_every, progress, variance_draws
+  loss,
+  params_batch,
+  optimizer,
+  member_keys,
+  num_steps,
+  trace_every,
+  progress,
+  variance_draws,
+  common_random_numbers,
 ):
+  key_axis = None if common_random_numbers else 0  # One key for all: its draws are shared.
+
   def batched_step(record, state, keys, step_index):
     one = functools.partial(_step, loss, optimizer, variance_draws, record)
-    return jax.vmap(one, in_axes=(0, 0, None))(state, keys, step_index)
+    return jax.vmap(one, in_axes=(0, key_axis, None))(state, keys, step_index)
 
   state = jax.vmap(functools.partial(_init_state, optimizer))(params_batch)
   state, records = _run(batched_step, state, member_keys, num_steps, trace_every, progress)
@@ -345,8 +356,12 @@ def fit_batch(
   trace_every: int = 1,
   progress: bool = False,
   gradient_variance_draws: int = 0,
+  common_random_numbers: bool = False,
 ) -> FitResult:
   """Many independent fits at once, over the leading axis of `params_batch`.
+
+  θᵢ,ₜ₊₁ = θᵢ,ₜ + update(∇_θ loss(θᵢ,ₜ, kᵢ,ₜ)),  kᵢ,ₜ = fold_in(split(key, B)[i], t)
+  (kᵢ,ₜ = fold_in(key, t) for every i with `common_random_numbers`).
 
   Member i minimises `loss(params_i, key)` exactly as `fit(loss, params_batch[i], optimizer,
   split(key, B)[i], num_steps)` would, but all members advance together: a `scan` over steps of
@@ -369,6 +384,13 @@ def fit_batch(
     progress: show a tqdm bar over chunks × steps.
     gradient_variance_draws: as in `fit`: record each member's gradient variance (D ≥ 2 draws)
       on every recording step.
+    common_random_numbers: if True, every member uses the same key at each step,
+      `fold_in(key, t)`, so a loss that samples (e.g. `reverse_kl_loss`) draws its base noise
+      once per step for the whole batch instead of once per member. Each member's gradient is
+      still unbiased and each member is still a correct stochastic fit (member i is `fit` with
+      `key`); only the members are no longer independent of each other. Sampling is most of the
+      cost of a multi-start reverse-KL fit, so this is much faster; use it when the members are
+      restarts whose end points you compare, not replicates whose spread you measure.
 
   Returns:
     `FitResult` with a leading batch axis on every field. Members whose loss went non-finite
@@ -392,7 +414,11 @@ def fit_batch(
   chunk = min(size, _checks.positive_int(chunk_size, "chunk_size") if chunk_size else 1 << 16)
   chunk = -(-chunk // len(devices)) * len(devices)
   sharding = NamedSharding(Mesh(np.array(devices), ("batch",)), PartitionSpec("batch"))
-  member_keys = jax.random.split(key, size)
+  if not isinstance(common_random_numbers, bool):
+    raise TypeError(
+      f"`common_random_numbers` must be a bool, got {type(common_random_numbers).__name__}."
+    )
+  member_keys = key if common_random_numbers else jax.random.split(key, size)
   num_chunks = -(-size // chunk)
   bar = _start_progress(progress, num_chunks * num_steps, "fit_batch")
   results = []
@@ -401,11 +427,24 @@ def fit_batch(
       stop = min(start + chunk, size)
       whole = start == 0 and stop == size == chunk  # One exact chunk: no slicing or padding.
       chunk_params = params_batch if whole else _slice_and_pad(params_batch, start, stop, chunk)
-      chunk_keys = member_keys if whole else _slice_and_pad(member_keys, start, stop, chunk)
+      if common_random_numbers or whole:
+        chunk_keys = member_keys
+      else:
+        chunk_keys = _slice_and_pad(member_keys, start, stop, chunk)
       if len(devices) > 1:
-        chunk_params, chunk_keys = jax.device_put((chunk_params, chunk_keys), sharding)
+        chunk_params = jax.device_put(chunk_params, sharding)
+        if not common_random_numbers:  # A shared key stays replicated.
+          chunk_keys = jax.device_put(chunk_keys, sharding)
       result = _fit_chunk(
-        loss, chunk_params, optimizer, chunk_keys, num_steps, trace_every, bool(progress), draws
+        loss,
+        chunk_params,
+        optimizer,
+        chunk_keys,
+        num_steps,
+        trace_every,
+        bool(progress),
+        draws,
+        common_random_numbers,
       )
       results.append(result if whole else jax.tree.map(lambda x, n=stop - start: x[:n], result))
       if bar is not None:  # Callbacks are asynchronous: let this chunk's finish first.

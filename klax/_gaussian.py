@@ -61,17 +61,20 @@ def kl(mean_p: jax.Array, chol_p: jax.Array, mean_q: jax.Array, chol_q: jax.Arra
   """KL(N(m_p, Σ_p) ‖ N(m_q, Σ_q)).
 
   = ½ [tr(Σ_q⁻¹ Σ_p) + (m_q − m_p)ᵀ Σ_q⁻¹ (m_q − m_p) − d + log|Σ_q| − log|Σ_p|],
-  computed from Cholesky factors: tr(Σ_q⁻¹ Σ_p) = ‖L_q⁻¹ L_p‖²_F, and
-  log|Σ_q| − log|Σ_p| = 2 Σ_i log(L_q,ii / L_p,ii) as logs of ratios, which do not cancel at
-  large or small scales.
+  computed from Cholesky factors. With M = L_q⁻¹ L_p (lower triangular) and u_i = log M_ii =
+  log(L_p,ii / L_q,ii), tr(Σ_q⁻¹ Σ_p) − d + log|Σ_q| − log|Σ_p| = Σ_{i≠j} M_ij² +
+  Σ_i (e^{2u_i} − 1 − 2u_i): every term is non-negative and is evaluated as such (expm1), so
+  the KL is never negative, is exactly 0 for p = q, and takes logs of ratios rather than
+  differences of logs (no cancellation at large or small scales).
   """
   d = mean_p.shape[-1]
-  trace = jnp.sum(_broadcast_solve(chol_q, chol_p) ** 2, axis=(-2, -1))
+  m = _broadcast_solve(chol_q, chol_p)
+  off_diagonal = jnp.sum(jnp.where(jnp.eye(d, dtype=bool), 0.0, m) ** 2, axis=(-2, -1))
+  diagonal = functools.partial(jnp.diagonal, axis1=-2, axis2=-1)
+  u = jnp.log(diagonal(chol_p) / diagonal(chol_q))
   z = _broadcast_solve(chol_q, (mean_q - mean_p)[..., None])
   mahalanobis = jnp.sum(z**2, axis=(-2, -1))
-  diagonal = functools.partial(jnp.diagonal, axis1=-2, axis2=-1)
-  log_det_ratio = 2.0 * jnp.sum(jnp.log(diagonal(chol_q) / diagonal(chol_p)), axis=-1)
-  return 0.5 * (trace + mahalanobis - d + log_det_ratio)
+  return 0.5 * (off_diagonal + jnp.sum(jnp.expm1(2 * u) - 2 * u, axis=-1) + mahalanobis)
 
 
 @jax.jit

@@ -168,6 +168,14 @@ def kl_divergence_mixture_variational_approx(p, q) -> jax.Array:
 
   An approximation, not a bound; exact when both are single Gaussians.
 
+  Args:
+    p: a Gaussian mixture (`MixtureSameFamily` of `Normal` or multivariate-normal components,
+      distrax or TFP) or a single Gaussian (a one-component mixture).
+    q: likewise, with the same event shape.
+
+  Returns:
+    The approximation, in nats, with the broadcast batch shape of `p` and `q`.
+
   Examples:
     >>> import distrax, jax.numpy as jnp, klax
     >>> p = distrax.MixtureSameFamily(distrax.Categorical(probs=jnp.array([0.5, 0.5])),
@@ -185,6 +193,14 @@ def kl_divergence_mixture_product_approx(p, q) -> jax.Array:
   D_prod = Σ_a π_a log[ Σ_a' π_a' z_aa' / Σ_b ω_b t_ab ],  z_aa' = ∫ f_a f_a', t_ab = ∫ f_a g_b.
 
   An approximation, not a bound (it replaces E_f[log ·] by log E_f[·] in both terms).
+
+  Args:
+    p: a Gaussian mixture (`MixtureSameFamily` of `Normal` or multivariate-normal components,
+      distrax or TFP) or a single Gaussian (a one-component mixture).
+    q: likewise, with the same event shape.
+
+  Returns:
+    The approximation, in nats, with the broadcast batch shape of `p` and `q`.
 
   Examples:
     >>> import distrax, jax.numpy as jnp, klax
@@ -205,6 +221,14 @@ def kl_divergence_mixture_matched_bound_approx(p, q) -> jax.Array:
 
   An approximation: it is an upper bound only when the matching m is one-to-one.
 
+  Args:
+    p: a Gaussian mixture (`MixtureSameFamily` of `Normal` or multivariate-normal components,
+      distrax or TFP) or a single Gaussian (a one-component mixture).
+    q: likewise, with the same event shape.
+
+  Returns:
+    The approximation, in nats, with the broadcast batch shape of `p` and `q`.
+
   Examples:
     >>> import distrax, jax.numpy as jnp, klax
     >>> p = distrax.MixtureSameFamily(distrax.Categorical(probs=jnp.array([0.5, 0.5])),
@@ -224,6 +248,14 @@ def kl_divergence_mixture_lower_bound(p, q) -> jax.Array:
   Derivation: E_f[log g] ≤ Σ_a π_a log Σ_b ω_b t_ab (Jensen, log concave) and
   E_{f_a}[log f] ≥ log Σ_a' π_a' exp(E_{f_a}[log f_a']) (Jensen, log-sum-exp convex), with
   E_{f_a}[log f_a'] = −H(f_a) − D(f_a ‖ f_a'). The bound can be negative; KL ≥ 0 regardless.
+
+  Args:
+    p: a Gaussian mixture (`MixtureSameFamily` of `Normal` or multivariate-normal components,
+      distrax or TFP) or a single Gaussian (a one-component mixture).
+    q: likewise, with the same event shape.
+
+  Returns:
+    The lower bound, in nats, with the broadcast batch shape of `p` and `q`.
 
   Examples:
     >>> import distrax, jax.numpy as jnp, klax
@@ -246,6 +278,16 @@ def kl_divergence_mixture_upper_bound(p, q, *, num_iterations: int = 50) -> jax.
   The bound is tightened by `num_iterations` rounds of the alternating closed-form updates
   φ_ab = π_a ψ_ab e^{−D_ab} / Σ_b' ψ_ab' e^{−D_ab'} and ψ_ab = ω_b φ_ab / Σ_a' φ_a'b, starting
   from φ = ψ = π ωᵀ; every iterate is a valid bound and none is looser than the previous one.
+
+  Args:
+    p: a Gaussian mixture (`MixtureSameFamily` of `Normal` or multivariate-normal components,
+      distrax or TFP) or a single Gaussian (a one-component mixture).
+    q: likewise, with the same event shape.
+    num_iterations: rounds of the alternating updates (each gives a bound no looser than the
+      one before).
+
+  Returns:
+    The upper bound, in nats, with the broadcast batch shape of `p` and `q`.
 
   Examples:
     >>> import distrax, jax.numpy as jnp, klax

@@ -77,9 +77,17 @@ def mean_and_stderr(values: jax.Array) -> Estimate:
   return Estimate(jnp.mean(values, axis=0), stderr)
 
 
+def sample_and_log_prob(dist, key: jax.Array, num_samples: int):
+  """`num_samples` draws from a distrax or TFP distribution, and their log densities."""
+  if hasattr(dist, "sample_and_log_prob"):  # distrax: one pass (e.g. through a flow).
+    return dist.sample_and_log_prob(seed=key, sample_shape=(num_samples,))
+  x = dist.sample(sample_shape=(num_samples,), seed=key)
+  return x, dist.log_prob(x)
+
+
 def _samples(p, key: jax.Array, num_samples: int):
   num_samples = _checks.positive_int(num_samples, "num_samples")
-  return p.sample_and_log_prob(seed=key, sample_shape=(num_samples,))
+  return sample_and_log_prob(p, key, num_samples)
 
 
 def kl_divergence_mc(p, q, key: jax.Array, num_samples: int, estimator: str = "k1") -> Estimate:
@@ -118,6 +126,15 @@ def kl_divergence_mc(p, q, key: jax.Array, num_samples: int, estimator: str = "k
 def entropy_mc(p, key: jax.Array, num_samples: int) -> Estimate:
   """Monte Carlo estimate of H(p) = −E_{x ~ p}[log p(x)], with its standard error.
 
+  Args:
+    p: a distribution with `sample` and `log_prob` (distrax or TFP).
+    key: a `jax.random` key.
+    num_samples: the number of draws S from `p` (a positive int).
+
+  Returns:
+    `Estimate(value, stderr)`: the sample mean and its standard error (sample sd / √S), with
+    the batch shape of the distributions.
+
   Examples:
     >>> import distrax, jax, klax
     >>> est = klax.entropy_mc(distrax.Normal(0.0, 1.0), jax.random.key(0), 10_000)
@@ -131,6 +148,16 @@ def entropy_mc(p, key: jax.Array, num_samples: int) -> Estimate:
 
 def cross_entropy_mc(p, q, key: jax.Array, num_samples: int) -> Estimate:
   """Monte Carlo estimate of H(p, q) = −E_{x ~ p}[log q(x)], with its standard error.
+
+  Args:
+    p: a distribution with `sample` and `log_prob` (expectations are under `p`).
+    q: a distribution with `log_prob` and the same event shape.
+    key: a `jax.random` key.
+    num_samples: the number of draws S from `p` (a positive int).
+
+  Returns:
+    `Estimate(value, stderr)`: the sample mean and its standard error (sample sd / √S), with
+    the batch shape of the distributions.
 
   Examples:
     >>> import distrax, jax, klax

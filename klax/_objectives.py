@@ -22,6 +22,7 @@ from jax.scipy.special import logsumexp
 from klax import _checks
 from klax._monte_carlo import Estimate
 from klax._monte_carlo import mean_and_stderr
+from klax._monte_carlo import sample_and_log_prob
 from klax.families import Family
 
 GRADIENTS = ("reparam", "score", "stl")
@@ -88,7 +89,7 @@ def _log_weights(family, target, params, key, num_samples, gradient="reparam"):
   """Log w = log p̃(x) − log q_θ(x) for x ~ q_θ, with the gradient path chosen by `gradient`."""
   q = family.dist(params)
   if gradient == "reparam":
-    x, log_q = q.sample_and_log_prob(seed=key, sample_shape=(num_samples,))
+    x, log_q = sample_and_log_prob(q, key, num_samples)
   elif gradient == "stl":  # Sticking the landing: drop the score term ∇_θ log q_θ(x) at fixed x.
     x = q.sample(seed=key, sample_shape=(num_samples,))
     log_q = family.dist(jax.lax.stop_gradient(params)).log_prob(x)
@@ -178,7 +179,7 @@ def elbo(q, log_density: Callable, key: jax.Array, num_samples: int) -> Estimate
   _checks.distribution(q, "q")
   target = _target(log_density)
   num_samples = _checks.positive_int(num_samples, "num_samples")
-  x, log_q = q.sample_and_log_prob(seed=key, sample_shape=(num_samples,))
+  x, log_q = sample_and_log_prob(q, key, num_samples)
   return mean_and_stderr(target(x) - log_q)
 
 
@@ -188,6 +189,15 @@ def iwae_loss(family: Family, log_density: Callable, num_samples: int) -> Callab
   loss(θ) = −log (1/K) Σ_k p̃(x_k) / q_θ(x_k),  x_k ~ q_θ (reparameterised),
 
   whose expectation is −L_K with ELBO = L_1 ≤ L_K ≤ L_∞ = log Z.
+
+  Args:
+    family: a `klax.families.Family`; q_θ = family.dist(θ) must sample with reparameterised
+      gradients.
+    log_density: log p̃(x) for one point x, the target up to its normalising constant Z.
+    num_samples: the number of draws per evaluation (K or S above).
+
+  Returns:
+    `loss(params, key) -> scalar`, to pass to `klax.fit` or `klax.fit_batch`.
 
   Examples:
     >>> import jax, jax.numpy as jnp, klax
@@ -217,6 +227,16 @@ def renyi_loss(family: Family, log_density: Callable, num_samples: int, alpha: f
   the loss is −L_α. For α < 0, D_α ≤ 0 and L_α ≥ log Z is an upper bound, so the loss is +L_α
   (minimising |D_α|); smaller α moves q further toward mass covering. α = 1 is computed as the
   ELBO exactly. With finite S the estimate of L_α is biased low (a log of a mean).
+
+  Args:
+    family: a `klax.families.Family`; q_θ = family.dist(θ) must sample with reparameterised
+      gradients.
+    log_density: log p̃(x) for one point x, the target up to its normalising constant Z.
+    num_samples: the number of draws per evaluation (K or S above).
+    alpha: the Rényi order α (a Python float; 1 is the ELBO, 0 the importance-weighted bound).
+
+  Returns:
+    `loss(params, key) -> scalar`, to pass to `klax.fit` or `klax.fit_batch`.
 
   Examples:
     >>> import jax, jax.numpy as jnp, klax

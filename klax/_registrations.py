@@ -15,6 +15,11 @@ Importing klax registers them with `tfp.distributions.RegisterKL`, so `tfd.kl_di
   overflow when squared nor cancel in a difference of logs.)
 - Every cross pair among multivariate normals that TFP leaves out (its low-rank-update
   covariance family against the others, in both directions), from means and covariances.
+
+`OVERRIDES` holds pairs that distrax/TFP do register but that klax computes more accurately, and
+`klax.kl_divergence` consults it first: Categorical and Bernoulli pairs (the cancellation-free
+logits form of `klax.kl_divergence_logits`) and Tri/Diag multivariate normals (from their scales,
+without forming or factorising a covariance).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import jax.numpy as jnp
 from tensorflow_probability.substrates import jax as tfp
 
 from klax import _checks
+from klax import _discrete
 from klax import _gaussian
 
 tfd = tfp.distributions
@@ -39,6 +45,24 @@ def _register(type_a, type_b, kl_fn) -> None:
     pass
 
 
+@jax.custom_jvp
+def _ratio(x: jax.Array, y: jax.Array) -> jax.Array:
+  """The quotient x / y, with a derivative that never forms y².
+
+  The derivative (dx − (x/y) dy) / y stays finite where jax's rule for division, which forms y²,
+  overflows or underflows float32 (|y| beyond about 1e±19).
+  """
+  return x / y
+
+
+@_ratio.defjvp
+def _ratio_jvp(primals, tangents):
+  x, y = primals
+  dx, dy = tangents
+  ratio = x / y
+  return ratio, (dx - ratio * dy) / y
+
+
 def _expm1_minus(delta: jax.Array) -> jax.Array:
   """e^δ − 1 − δ ≥ 0, accurate for small δ."""
   return jnp.expm1(delta) - delta
@@ -46,13 +70,15 @@ def _expm1_minus(delta: jax.Array) -> jax.Array:
 
 def _kl_poisson_poisson(a, b, name=None):
   del name
+  if a.rate is not None and b.rate is not None:  # The log of a ratio: no cancellation.
+    return a.rate * _expm1_minus(jnp.log(_ratio(b.rate, a.rate)))
   log_rate_a = a.log_rate_parameter()
   return jnp.exp(log_rate_a) * _expm1_minus(b.log_rate_parameter() - log_rate_a)
 
 
 def _kl_exponential_exponential(a, b, name=None):
   del name
-  return _expm1_minus(jnp.log(b.rate / a.rate))  # The log of a ratio: no cancellation.
+  return _expm1_minus(jnp.log(_ratio(b.rate, a.rate)))  # The log of a ratio: no cancellation.
 
 
 def _kl_geometric_geometric(a, b, name=None):
@@ -63,7 +89,16 @@ def _kl_geometric_geometric(a, b, name=None):
   finite = logits_a < jnp.inf
   safe_logits_a = jnp.where(finite, logits_a, 0.0)
   failures = jnp.exp(-safe_logits_a) * (jax.nn.softplus(logits_b) - jax.nn.softplus(safe_logits_a))
-  return log_p_ratio + jnp.where(finite, failures, 0.0)
+  plain = log_p_ratio + jnp.where(finite, failures, 0.0)
+  # Near p = q the two terms cancel to first order in δ = logits_b − logits_a; in the form
+  # log1p((1 − p) expm1(−δ)) + e^{−a} log1p(p expm1(δ)) they cancel only to ulps of δ.
+  delta = logits_b - safe_logits_a
+  near = finite & (jnp.abs(delta) < 1.0)
+  delta = jnp.where(near, delta, 0.0)
+  p = jax.nn.sigmoid(safe_logits_a)
+  accurate = jnp.log1p((1 - p) * jnp.expm1(-delta))
+  accurate += jnp.exp(-safe_logits_a) * jnp.log1p(p * jnp.expm1(delta))
+  return jnp.where(near, accurate, plain)
 
 
 def _same_total_count(a, b) -> jax.Array:
@@ -79,18 +114,21 @@ def _same_total_count(a, b) -> jax.Array:
 def _kl_binomial_binomial(a, b, name=None):
   del name
   same = _same_total_count(a, b)
-  per_trial = tfd.kl_divergence(
-    tfd.Bernoulli(logits=a.logits_parameter()), tfd.Bernoulli(logits=b.logits_parameter())
+  logits_a, logits_b = a.logits_parameter(), b.logits_parameter()
+  finite = jnp.isfinite(logits_a) & jnp.isfinite(logits_b)
+  # A Bernoulli with logits ℓ is the categorical with logits (0, ℓ): klax's accurate form.
+  two_class = lambda logits: jnp.stack([jnp.zeros_like(logits), logits], axis=-1)  # noqa: E731
+  accurate = _discrete.kl_from_logits(
+    two_class(jnp.where(finite, logits_a, 0.0)), two_class(jnp.where(finite, logits_b, 0.0))
   )
-  return jnp.where(same, a.total_count * per_trial, jnp.nan)
+  edge = tfd.kl_divergence(tfd.Bernoulli(logits=logits_a), tfd.Bernoulli(logits=logits_b))
+  return jnp.where(same, a.total_count * jnp.where(finite, accurate, edge), jnp.nan)
 
 
 def _kl_multinomial_multinomial(a, b, name=None):
   del name
   same = _same_total_count(a, b)
-  per_trial = tfd.kl_divergence(
-    tfd.Categorical(logits=a.logits_parameter()), tfd.Categorical(logits=b.logits_parameter())
-  )
+  per_trial = _discrete.kl_from_logits(a.logits_parameter(), b.logits_parameter())
   return jnp.where(same, a.total_count * per_trial, jnp.nan)
 
 
@@ -98,20 +136,59 @@ def _kl_normal_laplace(a, b, name=None):
   del name
   # In ratios r = σ / b and z = δ / σ, so that no scale is squared or cancelled in a log
   # difference (accurate for scales from 1e-20 to 1e20 in float32).
-  ratio = a.scale / b.scale
-  z = (a.loc - b.loc) / a.scale
-  mean_abs_over_scale = ratio * (
-    math.sqrt(2 / math.pi) * jnp.exp(-0.5 * z**2) + z * jax.scipy.special.erf(z / math.sqrt(2))
-  )
-  return -0.5 * math.log(2 * math.pi * math.e) + jnp.log(2 / ratio) + mean_abs_over_scale
+  ratio = _ratio(a.scale, b.scale)
+  delta = a.loc - b.loc
+  z = _ratio(delta, a.scale)
+  # e^{−z²/2} is 0 in float32 beyond |z| = 14; cutting it there keeps its derivative finite.
+  tail = jnp.abs(z) > 14.0
+  gaussian = jnp.where(tail, 0.0, jnp.exp(-0.5 * jnp.where(tail, 0.0, z) ** 2))
+  mean_abs_over_scale = ratio * math.sqrt(2 / math.pi) * gaussian
+  mean_abs_over_scale += _ratio(delta, b.scale) * jax.scipy.special.erf(z / math.sqrt(2))
+  return -0.5 * math.log(2 * math.pi * math.e) + math.log(2) - jnp.log(ratio) + mean_abs_over_scale
 
 
 def _kl_laplace_normal(a, b, name=None):
   del name
-  ratio = a.scale / b.scale  # b / σ
-  z = (a.loc - b.loc) / b.scale
+  ratio = _ratio(a.scale, b.scale)  # b / σ
+  z = _ratio(a.loc - b.loc, b.scale)
   second_moment_over_variance = 2 * ratio**2 + z**2
   return -1.0 + 0.5 * math.log(math.pi / 2) - jnp.log(ratio) + 0.5 * second_moment_over_variance
+
+
+def _logits(d) -> jax.Array:
+  return d.logits_parameter() if hasattr(d, "logits_parameter") else d.logits
+
+
+def _kl_categorical_categorical(a, b, name=None):
+  del name
+  return _discrete.kl_from_logits(_logits(a), _logits(b))
+
+
+def _kl_bernoulli_bernoulli(a, b, name=None):
+  del name
+  two_class = lambda logits: jnp.stack([jnp.zeros_like(logits), logits], axis=-1)  # noqa: E731
+  return _discrete.kl_from_logits(two_class(_logits(a)), two_class(_logits(b)))
+
+
+def _lower_scale(d) -> jax.Array | None:
+  """The lower-triangular scale L (Σ = L Lᵀ) of a Tri or Diag multivariate normal, else None."""
+  if isinstance(d, distrax.MultivariateNormalTri):
+    return d.scale_tri if d.is_lower else None
+  if isinstance(d, distrax.MultivariateNormalDiag):
+    return d.scale_diag[..., None] * jnp.eye(d.event_shape[-1], dtype=d.scale_diag.dtype)
+  if isinstance(d, tfd.MultivariateNormalTriL | tfd.MultivariateNormalDiag):
+    return d.scale.to_dense()
+  return None
+
+
+def _kl_scaled_mvn(a, b, name=None):
+  """KL between multivariate normals from their lower-triangular scales.
+
+  No covariance is formed (scales of 1e±20 stay representable in float32) and none is factorised
+  again; KL(p ‖ p) is exactly 0.
+  """
+  del name
+  return _gaussian.kl(a.mean(), _lower_scale(a), b.mean(), _lower_scale(b))
 
 
 def _kl_mvn_mvn(a, b, name=None):
@@ -143,3 +220,31 @@ for _mvn in (
 ):
   _register(_LOW_RANK_MVN, _mvn, _kl_mvn_mvn)
   _register(_mvn, _LOW_RANK_MVN, _kl_mvn_mvn)
+
+
+# Pairs that distrax or TFP already register, computed instead by klax's form, which stays
+# accurate (and non-negative) when p ≈ q: `klax.kl_divergence` looks here first.
+OVERRIDES = {}
+for _a in (distrax.Categorical, tfd.Categorical):
+  for _b in (distrax.Categorical, tfd.Categorical):
+    OVERRIDES[_a, _b] = _kl_categorical_categorical
+for _a in (distrax.Bernoulli, tfd.Bernoulli):
+  for _b in (distrax.Bernoulli, tfd.Bernoulli):
+    OVERRIDES[_a, _b] = _kl_bernoulli_bernoulli
+_SCALED_MVNS = (
+  distrax.MultivariateNormalTri,
+  distrax.MultivariateNormalDiag,
+  tfd.MultivariateNormalTriL,
+  tfd.MultivariateNormalDiag,
+)
+for _a in _SCALED_MVNS:
+  for _b in _SCALED_MVNS:
+    OVERRIDES[_a, _b] = _kl_scaled_mvn
+
+
+def override(p, q):
+  """The klax form for the pair (p, q) that takes precedence over the registry's, or None."""
+  rule = OVERRIDES.get((type(p), type(q)))
+  if rule is _kl_scaled_mvn and (_lower_scale(p) is None or _lower_scale(q) is None):
+    return None  # An upper-triangular scale: the registry's (covariance) form.
+  return rule

@@ -33,7 +33,24 @@ class Family(NamedTuple):
 
 
 def init_batch(family: Family, key: jax.Array, batch_size: int) -> Any:
-  """`batch_size` independent `family.init` draws stacked along a leading axis."""
+  """`batch_size` independent `family.init` draws stacked along a leading axis.
+
+  params[i] = family.init(split(key, batch_size)[i]), for i = 0 … batch_size − 1.
+
+  Args:
+    family: a `Family`.
+    key: a `jax.random` key, split into `batch_size` keys.
+    batch_size: the number of starts B.
+
+  Returns:
+    The parameters pytree with a leading axis of size B on every leaf, for `klax.fit_batch`.
+
+  Examples:
+    >>> import jax, klax
+    >>> starts = klax.families.init_batch(klax.families.normal(), jax.random.key(0), 8)
+    >>> starts["loc"].shape
+    (8,)
+  """
   batch_size = _checks.positive_int(batch_size, "batch_size")
   return jax.vmap(family.init)(jax.random.split(key, batch_size))
 
@@ -41,7 +58,24 @@ def init_batch(family: Family, key: jax.Array, batch_size: int) -> Any:
 def normal(*, loc_scale: float = 1.0, log_scale_range: float = 1.0) -> Family:
   """Univariate normal N(loc, exp(log_scale)²); params `{"loc", "log_scale"}` (scalars).
 
+  q_θ(x) = N(x; loc, σ²) with σ = exp(log_scale).
+
   `init` draws loc ~ N(0, loc_scale²) and log_scale ~ U(−log_scale_range, log_scale_range).
+
+  Args:
+    loc_scale: standard deviation of the initial loc.
+    log_scale_range: half-width of the initial log_scale's uniform range.
+
+  Returns:
+    A `Family(init, dist)`: `init(key)` draws starting parameters, `dist(params)` builds the
+    distrax distribution.
+
+  Examples:
+    >>> import jax, klax
+    >>> family = klax.families.normal()
+    >>> q = family.dist({"loc": 1.0, "log_scale": 0.0})
+    >>> float(q.mean()), float(q.stddev())
+    (1.0, 1.0)
   """
 
   def init(key):
@@ -58,7 +92,24 @@ def normal(*, loc_scale: float = 1.0, log_scale_range: float = 1.0) -> Family:
 
 
 def diag_normal(d: int, *, loc_scale: float = 1.0) -> Family:
-  """Mean-field normal in d dimensions; params `{"loc": [d], "log_scale": [d]}`."""
+  """Mean-field normal in d dimensions; params `{"loc": [d], "log_scale": [d]}`.
+
+  q_θ(x) = Π_i N(x_i; loc_i, σ_i²) with σ_i = exp(log_scale_i).
+
+  Args:
+    d: the dimension.
+    loc_scale: standard deviation of the initial loc.
+
+  Returns:
+    A `Family(init, dist)`: `init(key)` draws starting parameters, `dist(params)` builds the
+    distrax distribution.
+
+  Examples:
+    >>> import jax, klax
+    >>> family = klax.families.diag_normal(3)
+    >>> family.dist(family.init(jax.random.key(0))).event_shape
+    (3,)
+  """
   d = _checks.positive_int(d, "d")
 
   def init(key):
@@ -85,6 +136,21 @@ def full_rank_normal(d: int, *, loc_scale: float = 1.0) -> Family:
 
   Params `{"loc": [d], "scale_raw": [d, d]}`: L = tril(scale_raw, −1) + diag(softplus(diag)).
   `init` starts near the identity scale (softplus⁻¹(1) on the diagonal, small off-diagonal noise).
+
+  Args:
+    d: the dimension.
+    loc_scale: standard deviation of the initial loc.
+
+  Returns:
+    A `Family(init, dist)`: `init(key)` draws starting parameters, `dist(params)` builds the
+    distrax distribution.
+
+  Examples:
+    >>> import jax, klax
+    >>> family = klax.families.full_rank_normal(2)
+    >>> q = family.dist(family.init(jax.random.key(0)))
+    >>> q.sample(seed=jax.random.key(1), sample_shape=(5,)).shape
+    (5, 2)
   """
   d = _checks.positive_int(d, "d")
   unit = float(jnp.log(jnp.expm1(1.0)))  # softplus⁻¹(1)
@@ -111,6 +177,22 @@ def mixture_of_normals(k: int, d: int | None = None, *, loc_scale: float = 2.0) 
   Params `{"logits": [k], "loc": [k] or [k, d], "log_scale": [k] or [k, d]}`. Sampling a
   mixture is not reparameterisable in the weights: fit it by forward KL, or by reverse KL with
   `gradient="score"` or an importance-weighted objective.
+
+  Args:
+    k: the number of components.
+    d: the dimension, or None for a univariate mixture.
+    loc_scale: standard deviation of the initial component locations.
+
+  Returns:
+    A `Family(init, dist)`: `init(key)` draws starting parameters, `dist(params)` builds the
+    distrax distribution.
+
+  Examples:
+    >>> import jax, klax
+    >>> family = klax.families.mixture_of_normals(3)
+    >>> q = family.dist(family.init(jax.random.key(0)))
+    >>> q.log_prob(0.5).shape
+    ()
   """
   k = _checks.positive_int(k, "k")
   shape = (k,) if d is None else (k, _checks.positive_int(d, "d"))
@@ -168,6 +250,25 @@ def flow(
   elementwise affine map. Splines are invertible in closed form, so the flow samples with
   reparameterised gradients (reverse KL) and evaluates `log_prob` exactly (forward KL). In 1-D the
   splines are unconditional. Starts near the identity (the MLPs' last layers are zero).
+
+  Args:
+    d: the dimension.
+    num_layers: the number of coupling layers.
+    num_bins: spline bins per coordinate.
+    hidden_size: width of the conditioner MLPs.
+    spline_range: the splines act on [−spline_range, spline_range].
+
+  Returns:
+    A `Family(init, dist)`: `init(key)` draws starting parameters, `dist(params)` builds the
+    distrax distribution.
+
+  Examples:
+    >>> import jax, klax
+    >>> family = klax.families.flow(2, num_layers=2)
+    >>> q = family.dist(family.init(jax.random.key(0)))
+    >>> x, log_q = q.sample_and_log_prob(seed=jax.random.key(1), sample_shape=(4,))
+    >>> x.shape, log_q.shape
+    ((4, 2), (4,))
   """
   d = _checks.positive_int(d, "d")
   num_layers = _checks.positive_int(num_layers, "num_layers")

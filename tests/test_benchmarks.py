@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,3 +43,26 @@ def test_fit_batch_scale_harness(tmp_path):
   rows = json.loads((tmp_path / "fit_batch_scale.json").read_text())["rows"]
   assert [row["restarts"] for row in rows] == [1_000, 10_000]
   assert all(row["diverged"] == 0 and row["peak_rss_gib"] > 0 for row in rows)
+
+
+def test_divergence_throughput_harness(tmp_path):
+  _run("divergence_throughput.py", tmp_path)
+  payload = json.loads((tmp_path / "divergence_throughput.json").read_text())
+  cases = {(row["case"], row.get("method")) for row in payload["rows"]}
+  assert ("mvn", "klax.kl_divergence") in cases and ("logits", "klax.kl_divergence_logits") in cases
+  assert any(row["case"] == "knn" for row in payload["rows"])
+  mvn = [r for r in payload["rows"] if r["case"] == "mvn" and "first_values" in r]
+  by_d = {}
+  for row in mvn:  # Every method computes the same KLs.
+    by_d.setdefault(row["d"], []).append(row["first_values"])
+  for values in by_d.values():
+    for other in values[1:]:
+      np.testing.assert_allclose(other, values[0], rtol=1e-3, atol=1e-3)
+  assert payload["memory_bandwidth_gb_per_s"] > 0
+
+
+def test_latency_harness(tmp_path):
+  _run("latency.py", tmp_path)
+  payload = json.loads((tmp_path / "latency.json").read_text())
+  assert payload["import_s"] > 0 and payload["first_result_s"] > 0
+  assert abs(payload["first_kl"] - 0.31247) < 1e-4  # Seed 001's forward KL on its grid.

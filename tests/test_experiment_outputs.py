@@ -52,3 +52,33 @@ def test_interrupted_run_leaves_earlier_results_intact(tmp_path):
   assert process.wait(timeout=120) != 0
   assert json.loads((tmp_path / "results.json").read_text()) == previous
   assert not list(tmp_path.glob("*.tmp"))
+
+
+def _experiment(args, cwd):
+  return subprocess.run(
+    [sys.executable, str(ROOT / "experiments" / "alpha_interpolation.py"), *args],
+    capture_output=True,
+    text=True,
+    cwd=cwd,
+    timeout=600,
+  )
+
+
+def test_a_run_repeats_from_its_results_json(tmp_path):
+  first = _experiment(["--quick", "--out", str(tmp_path / "first")], tmp_path)
+  assert first.returncode == 0, first.stderr
+  recorded = tmp_path / "first" / "results.json"
+  again = _experiment(["--repeat", str(recorded), "--out", str(tmp_path / "again")], tmp_path)
+  assert again.returncode == 0, again.stderr
+  assert "reproduced: every recorded number is identical" in again.stdout
+  payload = json.loads(recorded.read_text())
+  assert payload["config"] == json.loads((tmp_path / "again" / "results.json").read_text())[
+    "config"
+  ] | {"out": payload["config"]["out"]}
+  # A recorded number that the run does not give back is reported, and the exit code says so.
+  payload["results"]["rows"][0]["sigma"] += 1e-6
+  recorded.write_text(json.dumps(payload))
+  changed = _experiment(["--repeat", str(recorded), "--out", str(tmp_path / "third")], tmp_path)
+  assert changed.returncode != 0
+  assert "not reproduced: 1 value(s) differ" in changed.stderr
+  assert "results.rows[0].sigma" in changed.stderr

@@ -246,7 +246,9 @@ def log_p(x):
 loss = klax.reverse_kl_loss(klax.families.normal(), log_p, 16)
 starts = {"loc": jnp.linspace(-4.0, 4.0, 10), "log_scale": jnp.zeros(10)}
 result = klax.fit_batch(loss, starts, optax.adam(0.05), jax.random.key(7), 30, chunk_size=int(sys.argv[1]))
-print(json.dumps({"devices": len(jax.devices()), "loc": result.params["loc"].tolist(), "losses": result.losses[:, -1].tolist()}))
+again = klax.fit_batch(loss, starts, optax.adam(0.05), jax.random.key(7), 30, chunk_size=int(sys.argv[1]))
+print(json.dumps({"devices": len(jax.devices()), "loc": result.params["loc"].tolist(), "losses": result.losses[:, -1].tolist(),
+                  "repeat_identical": bool(all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b, equal_nan=True)), result, again))))}))
 """
 
 
@@ -269,6 +271,7 @@ def test_four_cpu_devices_give_the_same_results_as_one(chunk_size):
     )
     outputs.append(json.loads(run.stdout.strip().splitlines()[-1]))
   assert [o["devices"] for o in outputs] == [1, 4]
+  assert all(o["repeat_identical"] for o in outputs)  # Same key, same bits, sharded or not.
   np.testing.assert_allclose(outputs[0]["loc"], outputs[1]["loc"], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(outputs[0]["losses"], outputs[1]["losses"], rtol=1e-5, atol=1e-6)
 
@@ -349,3 +352,57 @@ def test_gradient_variance_draws_is_checked(draws, error):
       2,
       gradient_variance_draws=draws,
     )
+
+
+def test_common_random_numbers_member_equals_fit_with_the_shared_key():
+  starts = {"loc": jnp.array([-2.0, 0.5, 4.0]), "log_scale": jnp.zeros(3)}
+  optimizer = optax.adam(0.05)
+  shared = klax.fit_batch(
+    REVERSE, starts, optimizer, jax.random.key(5), 30, common_random_numbers=True
+  )
+  single = klax.fit(REVERSE, jax.tree.map(lambda x: x[2], starts), optimizer, jax.random.key(5), 30)
+  chex.assert_trees_all_close(jax.tree.map(lambda x: x[2], shared), single, rtol=1e-5, atol=1e-6)
+  chunked = klax.fit_batch(
+    REVERSE, starts, optimizer, jax.random.key(5), 30, chunk_size=2, common_random_numbers=True
+  )
+  chex.assert_trees_all_close(shared, chunked, rtol=1e-5, atol=1e-6)
+  with pytest.raises(TypeError, match="`common_random_numbers` must be a bool"):
+    klax.fit_batch(REVERSE, starts, optimizer, jax.random.key(5), 30, common_random_numbers=1)
+
+
+def test_common_random_numbers_find_the_same_optima():
+  """Shared draws change which run lands where, not where the optima are (scipy's basins)."""
+  key_loc, key_fit = jax.random.split(jax.random.key(6))
+  starts = {
+    "loc": jax.random.uniform(key_loc, (96,), minval=-6.0, maxval=6.0),
+    "log_scale": jnp.zeros(96),
+  }
+  optimizer = optax.adam(optax.cosine_decay_schedule(0.05, 1500))
+  result = klax.fit_batch(
+    REVERSE, starts, optimizer, key_fit, 1500, trace_every=1500, common_random_numbers=True
+  )
+
+  def distribution_space(params):
+    return jnp.stack([params["loc"], jnp.exp(params["log_scale"])])
+
+  found = klax.basin_report(result, tolerance=0.3, features=distribution_space)
+  found = sorted((float(b.params["loc"]), float(jnp.exp(b.params["log_scale"]))) for b in found)
+  expected = [(mu, sigma) for mu, sigma, _ in _reverse_kl_basins()]
+  assert len(found) == len(expected) == 3
+  np.testing.assert_allclose(found, expected, atol=0.08)
+
+
+def test_same_key_gives_bit_identical_results():
+  """fit, fit_batch (whole and chunked, independent and common noise): run twice, same bits."""
+  starts = {"loc": jnp.array([-2.0, 0.5, 1.0, 4.0, -5.0]), "log_scale": jnp.zeros(5)}
+  optimizer = optax.adam(0.05)
+  runs = [
+    lambda: klax.fit(REVERSE, {"loc": 0.3, "log_scale": 0.0}, optimizer, jax.random.key(8), 25),
+    lambda: klax.fit_batch(REVERSE, starts, optimizer, jax.random.key(8), 25),
+    lambda: klax.fit_batch(REVERSE, starts, optimizer, jax.random.key(8), 25, chunk_size=2),
+    lambda: klax.fit_batch(
+      REVERSE, starts, optimizer, jax.random.key(8), 25, common_random_numbers=True
+    ),
+  ]
+  for run in runs:
+    chex.assert_trees_all_equal(run(), run())

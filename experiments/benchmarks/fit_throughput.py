@@ -2,7 +2,9 @@
 
 Reverse KL (Gaussian q to P = ½N(−3, 1.2²) + ½N(3, 1.2²), 64 reparameterised samples, Adam,
 2,000 steps) for B random starts, by
-- `klax.fit_batch`;
+- `klax.fit_batch`, and `klax.fit_batch(..., common_random_numbers=True)` (one draw of base noise
+  per step for the whole batch; each member still an unbiased fit), with the optima both reach
+  when run to convergence;
 - a hand-written `jax.jit(jax.vmap(lax.scan(...)))` loop (the reference for klax's design);
 - TFP-on-JAX `tfp.vi.fit_surrogate_posterior_stateless` (jitted, vmapped over starts);
 - NumPyro SVI (`Trace_ELBO`, same guide and steps), one start at a time as its users do
@@ -12,7 +14,7 @@ L-BFGS on the grid, by scipy (one start at a time, in a Python loop, as the seed
 (`fit_batch` with `optax.lbfgs`, all starts at once). Compile time is reported apart from run time
 (first call minus second call). Prints a table and writes JSON.
 
-Run: python experiments/benchmarks/fit_throughput.py [--quick] [--out DIR]
+Run: python experiments/benchmarks/fit_throughput.py [--quick] [--out DIR] [--cases reverse,forward,grid]
 """
 
 from __future__ import annotations
@@ -64,6 +66,55 @@ def klax_reverse(size, steps):
   params = starts(size)
   return lambda: (
     klax.fit_batch(loss, params, optimizer, jax.random.key(0), steps, trace_every=steps).params
+  )
+
+
+def klax_reverse_common(size, steps):
+  """The same fits with `common_random_numbers=True`: one draw of base noise per step."""
+  loss = klax.reverse_kl_loss(klax.families.normal(), log_p, NUM_SAMPLES)
+  optimizer = optax.adam(LEARNING_RATE)
+  params = starts(size)
+  return lambda: (
+    klax.fit_batch(
+      loss,
+      params,
+      optimizer,
+      jax.random.key(0),
+      steps,
+      trace_every=steps,
+      common_random_numbers=True,
+    ).params
+  )
+
+
+def converged_reverse(size, steps, common_random_numbers):
+  """End points of reverse-KL fits run to convergence (Adam with a cosine-decayed step size)."""
+  loss = klax.reverse_kl_loss(klax.families.normal(), log_p, NUM_SAMPLES)
+  optimizer = optax.adam(optax.cosine_decay_schedule(0.05, steps))
+  key = jax.random.key(1)
+  return klax.fit_batch(
+    loss,
+    starts(size),
+    optimizer,
+    key,
+    steps,
+    trace_every=steps,
+    common_random_numbers=common_random_numbers,
+  ).params
+
+
+def optima(params) -> list[list[float]]:
+  """The distinct end points (μ, σ) of a batch of reverse-KL fits, by klax.basin_report."""
+  size = params["loc"].shape[0]
+  result = klax.FitResult(params, jnp.zeros((size, 1)), jnp.full(size, -1, jnp.int32))
+
+  def features(p):
+    return jnp.stack([p["loc"], jnp.exp(p["log_scale"])])
+
+  basins = klax.basin_report(result, tolerance=0.3, features=features)
+  return sorted(
+    [round(float(b.params["loc"]), 3), round(float(jnp.exp(b.params["log_scale"])), 3)]
+    for b in basins
   )
 
 
@@ -227,6 +278,7 @@ def speedups(rows) -> list[str]:
   rate = {(r["method"], r["batch"]): r["fits_per_s"] for r in rows if "fits_per_s" in r}
   pairs = [
     ("klax.fit_batch reverse", "hand-written reverse"),
+    ("klax.fit_batch reverse, common noise", "hand-written reverse"),
     ("klax.fit_batch reverse", "TFP fit_surrogate reverse"),
     ("klax.fit_batch forward", "hand-written forward"),
   ]
@@ -253,36 +305,70 @@ def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness only")
   parser.add_argument("--out", default="results/benchmarks")
+  parser.add_argument(
+    "--cases", default="reverse,forward,grid", help="comma-separated subset of reverse,forward,grid"
+  )
   args = parser.parse_args(argv)
+  cases = set(args.cases.split(","))
   steps = 50 if args.quick else 2_000
   sizes = (1, 10) if args.quick else (1, 100, 1_000, 10_000)
-  rows = []
-  print("reverse KL (Adam, 64 samples):")
-  for size in sizes:
-    rows.append(measure("klax.fit_batch reverse", klax_reverse, size, steps))
-    rows.append(measure("hand-written reverse", hand_reverse, size, steps))
-    rows.append(measure("TFP fit_surrogate reverse", tfp_reverse, size, steps))
-  numpyro_size = 2 if args.quick else 10
-  rows.append(measure("NumPyro SVI reverse (loop)", numpyro_reverse, numpyro_size, steps))
-  print("forward KL (Adam, 10,000 points):")
-  # B = 10,000 would be 2e11 log-density evaluations per method: hours on 2 cores.
-  for size in sizes if args.quick else (1, 100, 1_000):
-    rows.append(measure("klax.fit_batch forward", klax_forward, size, steps))
-    rows.append(measure("hand-written forward", hand_forward, size, steps))
-  print("seed 001's grid, L-BFGS:")
-  grid_sizes = (2,) if args.quick else (1, 20, 1_000)
-  for size in grid_sizes:
-    rows.append(measure("klax.fit_batch lbfgs grid", klax_grid, size, 60))
-  rows.append(measure("scipy L-BFGS-B grid (loop)", scipy_grid, 2 if args.quick else 20, 60))
+  rows, extra = [], {}
+  if "reverse" in cases:
+    rows += reverse_rows(sizes, steps, args.quick)
+    # Shared noise changes which start lands where, not where the optima are: fit to
+    # convergence (decaying step size) with and without it and compare the end points.
+    size = min(sizes[-1], 1_000)
+    for common in (False, True):
+      name = "optima_common_noise" if common else "optima_independent"
+      extra[name] = optima(converged_reverse(size, steps, common))
+      print(
+        f"optima (μ, σ), B={size}, {'common' if common else 'independent'} noise: {extra[name]}"
+      )
+  if "forward" in cases:
+    rows += forward_rows(sizes, steps, args.quick)
+  if "grid" in cases:
+    rows += grid_rows(args.quick)
   ratios = speedups(rows)
   for line in ratios:
     print(line)
   out = Path(args.out)
   _io.write_json_atomic(
-    out / "fit_throughput.json", {"rows": rows, "ratios": ratios, **_io.provenance()}
+    out / "fit_throughput.json", {"rows": rows, "ratios": ratios, **extra, **_io.provenance()}
   )
   print(f"wrote {out / 'fit_throughput.json'}")
-  return {"rows": rows}
+  return {"rows": rows, **extra}
+
+
+def reverse_rows(sizes, steps, quick) -> list[dict]:
+  rows = []
+  print("reverse KL (Adam, 64 samples):")
+  for size in sizes:
+    rows.append(measure("klax.fit_batch reverse", klax_reverse, size, steps))
+    rows.append(measure("klax.fit_batch reverse, common noise", klax_reverse_common, size, steps))
+    rows.append(measure("hand-written reverse", hand_reverse, size, steps))
+    rows.append(measure("TFP fit_surrogate reverse", tfp_reverse, size, steps))
+  numpyro_size = 2 if quick else 10
+  rows.append(measure("NumPyro SVI reverse (loop)", numpyro_reverse, numpyro_size, steps))
+  return rows
+
+
+def forward_rows(sizes, steps, quick) -> list[dict]:
+  rows = []
+  print("forward KL (Adam, 10,000 points):")
+  # B = 10,000 would be 2e11 log-density evaluations per method: hours on 2 cores.
+  for size in sizes if quick else (1, 100, 1_000):
+    rows.append(measure("klax.fit_batch forward", klax_forward, size, steps))
+    rows.append(measure("hand-written forward", hand_forward, size, steps))
+  return rows
+
+
+def grid_rows(quick) -> list[dict]:
+  rows = []
+  print("seed 001's grid, L-BFGS:")
+  for size in (2,) if quick else (1, 20, 1_000):
+    rows.append(measure("klax.fit_batch lbfgs grid", klax_grid, size, 60))
+  rows.append(measure("scipy L-BFGS-B grid (loop)", scipy_grid, 2 if quick else 20, 60))
+  return rows
 
 
 if __name__ == "__main__":
