@@ -56,8 +56,10 @@ def log_det(chol: jax.Array) -> jax.Array:
   return 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
 
 
-@jax.jit
-def kl(mean_p: jax.Array, chol_p: jax.Array, mean_q: jax.Array, chol_q: jax.Array) -> jax.Array:
+@functools.partial(jax.jit, static_argnames="lapack")
+def kl(
+  mean_p: jax.Array, chol_p: jax.Array, mean_q: jax.Array, chol_q: jax.Array, lapack: bool = False
+) -> jax.Array:
   """KL(N(m_p, Σ_p) ‖ N(m_q, Σ_q)).
 
   = ½ [tr(Σ_q⁻¹ Σ_p) + (m_q − m_p)ᵀ Σ_q⁻¹ (m_q − m_p) − d + log|Σ_q| − log|Σ_p|],
@@ -66,15 +68,32 @@ def kl(mean_p: jax.Array, chol_p: jax.Array, mean_q: jax.Array, chol_q: jax.Arra
   Σ_i (e^{2u_i} − 1 − 2u_i): every term is non-negative and is evaluated as such (expm1), so
   the KL is never negative, is exactly 0 for p = q, and takes logs of ratios rather than
   differences of logs (no cancellation at large or small scales).
+
+  M and L_q⁻¹(m_q − m_p) come from one triangular solve with d + 1 right-hand sides: by forward
+  substitution in XLA, or with `lapack=True` by one LAPACK kernel (faster from d ≈ 8 on; a
+  single kernel per call, since two running at once can deadlock jaxlib 0.10 on CPU).
   """
   d = mean_p.shape[-1]
-  m = _broadcast_solve(chol_q, chol_p)
+  batch = jnp.broadcast_shapes(
+    chol_p.shape[:-2], chol_q.shape[:-2], mean_p.shape[:-1], mean_q.shape[:-1]
+  )
+  rhs = jnp.concatenate(
+    [
+      jnp.broadcast_to(chol_p, (*batch, d, d)),
+      jnp.broadcast_to(mean_q - mean_p, (*batch, d))[..., None],
+    ],
+    axis=-1,
+  )
+  chol_q_batch = jnp.broadcast_to(chol_q, (*batch, d, d))
+  if lapack:
+    solution = jax.lax.linalg.triangular_solve(chol_q_batch, rhs, left_side=True, lower=True)
+  else:
+    solution = _broadcast_solve(chol_q_batch, rhs)
+  m, z = solution[..., :d], solution[..., d]
   off_diagonal = jnp.sum(jnp.where(jnp.eye(d, dtype=bool), 0.0, m) ** 2, axis=(-2, -1))
   diagonal = functools.partial(jnp.diagonal, axis1=-2, axis2=-1)
   u = jnp.log(diagonal(chol_p) / diagonal(chol_q))
-  z = _broadcast_solve(chol_q, (mean_q - mean_p)[..., None])
-  mahalanobis = jnp.sum(z**2, axis=(-2, -1))
-  return 0.5 * (off_diagonal + jnp.sum(jnp.expm1(2 * u) - 2 * u, axis=-1) + mahalanobis)
+  return 0.5 * (off_diagonal + jnp.sum(jnp.expm1(2 * u) - 2 * u, axis=-1) + jnp.sum(z**2, axis=-1))
 
 
 @jax.jit

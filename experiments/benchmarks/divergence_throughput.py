@@ -11,7 +11,7 @@
 3. `klax.kl_divergence_knn` for n = 1,000 … 100,000 points in 2-D, against scipy's cKDTree.
 
 Prints a table and writes JSON (machine, device, versions). Run:
-python experiments/benchmarks/divergence_throughput.py [--quick] [--out DIR]
+python experiments/benchmarks/divergence_throughput.py [--quick] [--out DIR] [--cases mvn,logits,knn]
 """
 
 from __future__ import annotations
@@ -211,16 +211,21 @@ def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness only")
   parser.add_argument("--out", default="results/benchmarks")
+  parser.add_argument("--cases", default="mvn,logits,knn", help="comma-separated subset")
+  parser.add_argument("--timeout", type=float, default=300.0, help="seconds per MVN case")
   args = parser.parse_args(argv)
+  cases = set(args.cases.split(","))
   if args.quick:
-    mvn_cases, logits_batches, knn_sizes, timeout = [(2, 64), (16, 16)], [4], [500], 300.0
+    mvn_cases, logits_batches, knn_sizes = [(2, 64), (16, 16)], [4], [500]
   else:
     mvn_cases = [(2, 100_000), (16, 10_000), (64, 1_000)]
-    logits_batches, knn_sizes, timeout = [64, 256, 1_024], [1_000, 10_000, 100_000], 300.0
-  rows = mvn_rows(mvn_cases, timeout)
+    logits_batches, knn_sizes = [64, 256, 1_024], [1_000, 10_000, 100_000]
+  rows = mvn_rows(mvn_cases, args.timeout) if "mvn" in cases else []
   bandwidth = memory_bandwidth()
-  rows += logits_rows(logits_batches, bandwidth)
-  rows += knn_rows(knn_sizes)
+  if "logits" in cases:
+    rows += logits_rows(logits_batches, bandwidth)
+  if "knn" in cases:
+    rows += knn_rows(knn_sizes)
   ratios = mvn_ratios(rows)
   for line in ratios:
     print(line)
