@@ -34,6 +34,10 @@ def _family(family) -> Family:
   return family
 
 
+def _distribution_log_prob(family) -> Callable:
+  return lambda params, x: family.dist(params).log_prob(x)
+
+
 def _target(log_density) -> Callable:
   if not callable(log_density):
     raise TypeError(
@@ -76,11 +80,15 @@ def forward_kl_loss(family: Family, data, batch_size: int | None = None) -> Call
   if batch_size is not None:
     batch_size = _checks.positive_int(batch_size, "batch_size")
 
+  log_prob = (
+    family.log_prob if getattr(family, "log_prob", None) else _distribution_log_prob(family)
+  )
+
   def loss(params, key):
     x = data
     if batch_size is not None:
       x = data[jax.random.randint(key, (batch_size,), 0, n)]
-    return -jnp.mean(family.dist(params).log_prob(x))
+    return -jnp.mean(log_prob(params, x))
 
   return loss
 

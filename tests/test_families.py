@@ -1,5 +1,6 @@
 """Every family round-trips init → dist → log_prob / sample under jit and vmap."""
 
+import chex
 import distrax
 import jax
 import jax.numpy as jnp
@@ -86,3 +87,16 @@ def test_bad_arguments():
   with pytest.raises(TypeError, match="`batch_size` must be a positive Python int"):
     families.init_batch(families.normal(), jax.random.key(0), 2.5)
   assert isinstance(families.normal(), klax.Family)
+
+
+def test_direct_log_prob_equals_the_distributions():
+  key = jax.random.key(3)
+  for family, shape in ((families.normal(), (7,)), (families.diag_normal(3), (7, 3))):
+    params = family.init(key)
+    x = 2.0 * jax.random.normal(jax.random.fold_in(key, 1), shape)
+    np.testing.assert_allclose(
+      family.log_prob(params, x), family.dist(params).log_prob(x), rtol=1e-6, atol=1e-6
+    )
+    grads = jax.grad(lambda p, f=family, x=x: jnp.sum(f.log_prob(p, x)))(params)
+    expected = jax.grad(lambda p, f=family, x=x: jnp.sum(f.dist(p).log_prob(x)))(params)
+    chex.assert_trees_all_close(grads, expected, rtol=1e-5, atol=1e-5)
