@@ -111,18 +111,27 @@ def _same_total_count(a, b) -> jax.Array:
   return same
 
 
+def _bernoulli_kl(logits_a: jax.Array, logits_b: jax.Array) -> jax.Array:
+  """KL(Bernoulli(logits_a) ‖ Bernoulli(logits_b)), accurate when p ≈ q.
+
+  A Bernoulli with logits ℓ is the categorical with logits (0, ℓ), so finite logits take
+  `kl_from_logits`; infinite ones (probabilities 0 or 1) take TFP's form.
+  """
+  finite = jnp.isfinite(logits_a) & jnp.isfinite(logits_b)
+
+  def two_class(logits):
+    return jnp.stack([jnp.zeros_like(logits), jnp.where(finite, logits, 0.0)], axis=-1)
+
+  accurate = _discrete.kl_from_logits(two_class(logits_a), two_class(logits_b))
+  edge = tfd.kl_divergence(tfd.Bernoulli(logits=logits_a), tfd.Bernoulli(logits=logits_b))
+  return jnp.where(finite, accurate, edge)
+
+
 def _kl_binomial_binomial(a, b, name=None):
   del name
   same = _same_total_count(a, b)
-  logits_a, logits_b = a.logits_parameter(), b.logits_parameter()
-  finite = jnp.isfinite(logits_a) & jnp.isfinite(logits_b)
-  # A Bernoulli with logits ℓ is the categorical with logits (0, ℓ): klax's accurate form.
-  two_class = lambda logits: jnp.stack([jnp.zeros_like(logits), logits], axis=-1)  # noqa: E731
-  accurate = _discrete.kl_from_logits(
-    two_class(jnp.where(finite, logits_a, 0.0)), two_class(jnp.where(finite, logits_b, 0.0))
-  )
-  edge = tfd.kl_divergence(tfd.Bernoulli(logits=logits_a), tfd.Bernoulli(logits=logits_b))
-  return jnp.where(same, a.total_count * jnp.where(finite, accurate, edge), jnp.nan)
+  per_trial = _bernoulli_kl(a.logits_parameter(), b.logits_parameter())
+  return jnp.where(same, a.total_count * per_trial, jnp.nan)
 
 
 def _kl_multinomial_multinomial(a, b, name=None):
@@ -166,19 +175,16 @@ def _kl_categorical_categorical(a, b, name=None):
 
 def _kl_bernoulli_bernoulli(a, b, name=None):
   del name
-  two_class = lambda logits: jnp.stack([jnp.zeros_like(logits), logits], axis=-1)  # noqa: E731
-  return _discrete.kl_from_logits(two_class(_logits(a)), two_class(_logits(b)))
+  return _bernoulli_kl(_logits(a), _logits(b))
 
 
-def _lower_scale(d) -> jax.Array | None:
-  """The lower-triangular scale L (Σ = L Lᵀ) of a Tri or Diag multivariate normal, else None."""
+def _lower_scale(d) -> jax.Array:
+  """The lower-triangular scale L (Σ = L Lᵀ) of a (lower) Tri or Diag multivariate normal."""
   if isinstance(d, distrax.MultivariateNormalTri):
-    return d.scale_tri if d.is_lower else None
+    return d.scale_tri
   if isinstance(d, distrax.MultivariateNormalDiag):
     return d.scale_diag[..., None] * jnp.eye(d.event_shape[-1], dtype=d.scale_diag.dtype)
-  if isinstance(d, tfd.MultivariateNormalTriL | tfd.MultivariateNormalDiag):
-    return d.scale.to_dense()
-  return None
+  return d.scale.to_dense()  # TFP's MultivariateNormalTriL and MultivariateNormalDiag.
 
 
 def _kl_scaled_mvn(a, b, name=None):
@@ -246,6 +252,6 @@ for _a in _SCALED_MVNS:
 def override(p, q):
   """The klax form for the pair (p, q) that takes precedence over the registry's, or None."""
   rule = OVERRIDES.get((type(p), type(q)))
-  if rule is _kl_scaled_mvn and (_lower_scale(p) is None or _lower_scale(q) is None):
+  if rule is _kl_scaled_mvn and not (getattr(p, "is_lower", True) and getattr(q, "is_lower", True)):
     return None  # An upper-triangular scale: the registry's (covariance) form.
   return rule
