@@ -46,17 +46,26 @@ class FitResult(NamedTuple):
     gradient_variances: with `gradient_variance_draws` = D > 0, the total variance of the
       stochastic gradient, tr Cov_k[∇_θ loss(θ_t, k)] over D fresh keys, at the parameters of
       every recording step (aligned with `losses`; see `klax.gradient_variance`); else None.
+    converged_at: with a stopping rule (`tolerance` or `gradient_tolerance`), the step t at
+      which the fit met it and stopped, keeping θₜ (its recorded losses from there on are
+      loss(θₜ)); −1 if it ran all `num_steps` steps (always −1 without a rule).
   """
 
   params: Any
   losses: jax.Array
   diverged_at: jax.Array
   gradient_variances: Any = None
+  converged_at: Any = None
 
   @property
   def diverged(self) -> jax.Array:
     """Whether the loss (or its gradient) became non-finite during the fit."""
     return self.diverged_at >= 0
+
+  @property
+  def converged(self) -> jax.Array:
+    """Whether the fit met its stopping rule before `num_steps` (False without a rule)."""
+    return self.converged_at >= 0
 
 
 class _State(NamedTuple):
@@ -85,6 +94,11 @@ def _step(loss, optimizer, variance_draws, record, state: _State, key, step_inde
   """
   step_key = jax.random.fold_in(key, step_index)
   value, grads = jax.value_and_grad(loss)(state.params, step_key)
+  return _update(loss, optimizer, variance_draws, record, state, step_key, step_index, value, grads)
+
+
+def _update(loss, optimizer, variance_draws, record, state, step_key, step_index, value, grads):
+  """The rest of `_step`, given the loss value and gradient at `state.params`."""
   updates, opt_state = optimizer.update(
     grads,
     state.opt_state,
@@ -167,7 +181,12 @@ def _fit(loss, params, optimizer, key, num_steps, trace_every, progress, varianc
   state, (losses, variances) = _run(
     step, _init_state(optimizer, params), key, num_steps, trace_every, progress
   )
-  return FitResult(state.params, losses, state.diverged_at, variances)
+  return FitResult(state.params, losses, state.diverged_at, variances, _never(state.diverged_at))
+
+
+def _never(diverged_at) -> jax.Array:
+  """`converged_at` of fits without a stopping rule: −1 for every member."""
+  return jnp.full_like(diverged_at, -1)
 
 
 @functools.partial(jax.jit, static_argnames=_CHUNK_STATIC)
@@ -191,7 +210,136 @@ def _fit_chunk(
   state = jax.vmap(functools.partial(_init_state, optimizer))(params_batch)
   state, records = _run(batched_step, state, member_keys, num_steps, trace_every, progress)
   losses, variances = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), records)
-  return FitResult(state.params, losses, state.diverged_at, variances)
+  return FitResult(state.params, losses, state.diverged_at, variances, _never(state.diverged_at))
+
+
+class _StoppingRule(NamedTuple):
+  """When a fit has converged: scipy's `ftol` and `gtol` tests (None: that test is off)."""
+
+  tolerance: float | None
+  gradient_tolerance: float | None
+
+  def met(self, previous_value, value, grads) -> jax.Array:
+    """|fₜ₋₁ − fₜ| ≤ tolerance · max(|fₜ₋₁|, |fₜ|, 1)  or  maxᵢ |∂ᵢfₜ| ≤ gradient_tolerance."""
+    met = jnp.array(False)
+    if self.tolerance is not None:
+      scale = jnp.maximum(jnp.maximum(jnp.abs(previous_value), jnp.abs(value)), 1.0)
+      met |= jnp.abs(previous_value - value) <= self.tolerance * scale
+    if self.gradient_tolerance is not None:
+      largest = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(g)) for g in jax.tree.leaves(grads)])
+      met |= largest <= self.gradient_tolerance
+    return met & jnp.isfinite(value) & _all_finite(grads)
+
+
+class _UntilState(NamedTuple):
+  fit: _State
+  step: jax.Array  # The next step's index.
+  value: jax.Array  # The loss at the last evaluated parameters (NaN before the first step).
+  converged_at: jax.Array
+  losses: jax.Array
+
+
+def _value_and_grad(loss, params, step_key, opt_state):
+  """loss(θₜ, kₜ) and its gradient, taken from `opt_state` where the optimiser stored them.
+
+  A line search (`optax.lbfgs`'s zoom) evaluates the loss and gradient at the point it accepts
+  and keeps them in its state (`value`, `grad`); for a deterministic loss they are exactly the
+  next step's, so the step does not evaluate them again (optax's `value_and_grad_from_state`).
+  """
+  stored = [optax.tree_utils.tree_get(opt_state, name) for name in ("value", "grad")]
+  if any(x is None for x in stored):
+    return jax.value_and_grad(loss)(params, step_key)
+  return optax.value_and_grad_from_state(lambda p: loss(p, step_key))(params, state=opt_state)
+
+
+def _fit_until(loss, optimizer, rule, num_steps, trace_every, params, key) -> FitResult:
+  """One fit as a `while_loop` that ends at `num_steps`, at divergence, or when `rule` is met.
+
+  Step t evaluates fₜ = loss(θₜ, kₜ) and ∇fₜ (or takes them from the line search's state, see
+  `_value_and_grad`); if the rule is met it stops there and keeps θₜ, else it takes the
+  optimiser's step exactly as `_step` does.
+  """
+
+  def body(carry: _UntilState) -> _UntilState:
+    step_key = jax.random.fold_in(key, carry.step)
+    value, grads = _value_and_grad(loss, carry.fit.params, step_key, carry.fit.opt_state)
+    met = rule.met(carry.value, value, grads) & (carry.fit.diverged_at < 0)
+    state, (recorded, _) = _update(
+      loss, optimizer, 0, True, carry.fit, step_key, carry.step, value, grads
+    )
+    records = ((carry.step + 1) % trace_every == 0) & ~met
+    slot = carry.step // trace_every
+    return _UntilState(
+      fit=_select(met, carry.fit, state),
+      step=carry.step + 1,
+      value=value,
+      converged_at=jnp.where(met, carry.step, carry.converged_at).astype(jnp.int32),
+      losses=carry.losses.at[slot].set(jnp.where(records, recorded, carry.losses[slot])),
+    )
+
+  def running(carry: _UntilState) -> jax.Array:
+    return (carry.step < num_steps) & (carry.converged_at < 0) & (carry.fit.diverged_at < 0)
+
+  dtype = jax.eval_shape(loss, params, key).dtype  # The loop carries the loss in its own dtype.
+  start = _UntilState(
+    fit=_init_state(optimizer, params),
+    step=jnp.array(0, jnp.int32),
+    value=jnp.array(jnp.nan, dtype),
+    converged_at=jnp.array(-1, jnp.int32),
+    losses=jnp.full(num_steps // trace_every, jnp.nan, dtype),
+  )
+  end = jax.lax.while_loop(running, body, start)
+  # From the step where the fit stopped on, every recording step would have recorded f(θₜ).
+  after = jnp.arange(num_steps // trace_every) >= end.converged_at // trace_every
+  losses = jnp.where((end.converged_at >= 0) & after, end.value, end.losses)
+  return FitResult(end.fit.params, losses, end.fit.diverged_at, None, end.converged_at)
+
+
+_UNTIL_STATIC = ("loss", "optimizer", "rule", "num_steps", "trace_every")
+
+
+@functools.partial(jax.jit, static_argnames=_UNTIL_STATIC)
+def _fit_until_jit(loss, params, optimizer, key, rule, num_steps, trace_every):
+  return _fit_until(loss, optimizer, rule, num_steps, trace_every, params, key)
+
+
+@functools.partial(jax.jit, static_argnames=(*_UNTIL_STATIC, "common_random_numbers", "group_size"))
+def _fit_chunk_until(
+  loss,
+  params_batch,
+  optimizer,
+  member_keys,
+  rule,
+  num_steps,
+  trace_every,
+  common_random_numbers,
+  group_size,
+):
+  """Each device fits its members in groups of `group_size`, one group after another.
+
+  A group is a `vmap` of whole fits, so it runs until its slowest member has stopped; the
+  groups are a `lax.map`, so no group waits for another.
+  """
+  one = functools.partial(_fit_until, loss, optimizer, rule, num_steps, trace_every)
+
+  batch_size = None if group_size == 1 else group_size  # One member per group: no vmap at all.
+
+  def local(params, keys):
+    if common_random_numbers:
+      return jax.lax.map(lambda p: one(p, keys), params, batch_size=batch_size)
+    return jax.lax.map(lambda pk: one(*pk), (params, keys), batch_size=batch_size)
+
+  mesh = Mesh(np.array(jax.devices()), ("batch",))
+  key_spec = PartitionSpec() if common_random_numbers else PartitionSpec("batch")
+  # check_vma=False: optax's line searches mix per-device and replicated values in their conds.
+  sharded = jax.shard_map(
+    local,
+    mesh=mesh,
+    in_specs=(PartitionSpec("batch"), key_spec),
+    out_specs=PartitionSpec("batch"),
+    check_vma=False,
+  )
+  return sharded(params_batch, member_keys)
 
 
 def _variance_draws(draws) -> int:
@@ -202,6 +350,31 @@ def _variance_draws(draws) -> int:
   if draws < 2:
     raise ValueError(f"`gradient_variance_draws` must be 0 (off) or at least 2, got {draws}.")
   return draws
+
+
+def _tolerance(value, name: str) -> float | None:
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+    raise TypeError(f"`{name}` must be a float or None, got {type(value).__name__}.")
+  if not (np.isfinite(value) and value >= 0):
+    raise ValueError(f"`{name}` must be a finite number >= 0, got {value}.")
+  return float(value)
+
+
+def _stopping_rule(tolerance, gradient_tolerance, variance_draws) -> _StoppingRule | None:
+  """The stopping rule (None without one); a rule excludes gradient-variance traces."""
+  rule = _StoppingRule(
+    _tolerance(tolerance, "tolerance"), _tolerance(gradient_tolerance, "gradient_tolerance")
+  )
+  if rule.tolerance is None and rule.gradient_tolerance is None:
+    return None
+  if variance_draws:
+    raise ValueError(
+      "`gradient_variance_draws` traces stochastic fits; it cannot be combined with a stopping "
+      "rule (`tolerance`, `gradient_tolerance`), which is for deterministic losses."
+    )
+  return rule
 
 
 def _checked_schedule(num_steps, trace_every) -> tuple[int, int]:
@@ -271,6 +444,8 @@ def fit(
   trace_every: int = 1,
   progress: bool = False,
   gradient_variance_draws: int = 0,
+  tolerance: float | None = None,
+  gradient_tolerance: float | None = None,
 ) -> FitResult:
   """Minimises `loss(params, key)` with an optax optimiser for `num_steps` steps.
 
@@ -291,10 +466,19 @@ def fit(
     gradient_variance_draws: if D > 0 (D ≥ 2), also record the total gradient variance
       tr Cov_k[∇_θ loss(θ_t, k)] from D independent draws on every recording step, for
       comparing gradient estimators along a fit (costs D gradients per recording step).
+    tolerance: stop early, as scipy's L-BFGS-B does (its `ftol`), at the first step t with
+      |fₜ₋₁ − fₜ| ≤ tolerance · max(|fₜ₋₁|, |fₜ|, 1), fₜ = loss(θₜ, kₜ), keeping θₜ. For
+      deterministic losses (a stochastic loss changes from step to step by its noise). The fit
+      then runs as a `while_loop` and costs only the steps it takes; `progress` moves once, at
+      the end.
+    gradient_tolerance: stop early at the first step whose gradient has
+      maxᵢ |∂ᵢ loss(θₜ, kₜ)| ≤ gradient_tolerance (scipy's `gtol`), keeping θₜ; with `tolerance`,
+      the fit stops at whichever is met first.
 
   Returns:
-    `FitResult(params, losses, diverged_at, gradient_variances)`. A fit whose loss goes
-      non-finite stops there, keeps its last finite parameters, and (outside `jit`) warns.
+    `FitResult(params, losses, diverged_at, gradient_variances, converged_at)`. A fit whose
+      loss goes non-finite stops there, keeps its last finite parameters, and (outside `jit`)
+      warns.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, klax
@@ -302,13 +486,21 @@ def fit(
     >>> result = klax.fit(loss, jnp.zeros(2), optax.lbfgs(), jax.random.key(0), 10)
     >>> result.params.round(4).tolist(), int(result.diverged_at)
     ([3.0, 3.0], -1)
+    >>> result = klax.fit(loss, jnp.zeros(2), optax.lbfgs(), jax.random.key(0), 100,
+    ...                   gradient_tolerance=1e-5)
+    >>> result.params.round(4).tolist(), int(result.converged_at)  # Stopped at step 2.
+    ([3.0, 3.0], 2)
   """
   num_steps, trace_every = _checked_schedule(num_steps, trace_every)
   loss, optimizer = _loss(loss), _optimizer(optimizer)
+  draws = _variance_draws(gradient_variance_draws)
+  rule = _stopping_rule(tolerance, gradient_tolerance, draws)
   bar = _start_progress(progress, num_steps, "fit")
   try:
-    draws = _variance_draws(gradient_variance_draws)
-    result = _fit(loss, params, optimizer, key, num_steps, trace_every, bool(progress), draws)
+    if rule is None:
+      result = _fit(loss, params, optimizer, key, num_steps, trace_every, bool(progress), draws)
+    else:
+      result = _fit_until_jit(loss, params, optimizer, key, rule, num_steps, trace_every)
     if bar is not None:
       jax.block_until_ready(result)
   finally:
@@ -335,6 +527,20 @@ def _slice_and_pad(tree, start: int, stop: int, size: int):
   return _pad(jax.tree.map(lambda x: x[start:stop], tree), size)
 
 
+def _group_size(group_size, rule, per_device: int, platform: str) -> int:
+  """Members per vmapped group on one device (see `fit_batch`'s `group_size`)."""
+  if group_size is not None:
+    group_size = _checks.positive_int(group_size, "group_size")
+    if rule is None:
+      raise ValueError(
+        "`group_size` applies to fits with a stopping rule (`tolerance` or "
+        "`gradient_tolerance`); without one every member runs all `num_steps` steps together."
+      )
+  elif rule is not None:
+    group_size = 1 if platform == "cpu" else per_device
+  return per_device if group_size is None else min(group_size, per_device)
+
+
 def _pad(tree, size: int):
   """Pads the leading axis of every leaf to `size` by repeating its first entry."""
 
@@ -357,6 +563,9 @@ def fit_batch(
   progress: bool = False,
   gradient_variance_draws: int = 0,
   common_random_numbers: bool = False,
+  tolerance: float | None = None,
+  gradient_tolerance: float | None = None,
+  group_size: int | None = None,
 ) -> FitResult:
   """Many independent fits at once, over the leading axis of `params_batch`.
 
@@ -391,11 +600,23 @@ def fit_batch(
       `key`); only the members are no longer independent of each other. Sampling is most of the
       cost of a multi-start reverse-KL fit, so this is much faster; use it when the members are
       restarts whose end points you compare, not replicates whose spread you measure.
+    tolerance: as in `fit`: each member stops at its first step with
+      |fₜ₋₁ − fₜ| ≤ tolerance · max(|fₜ₋₁|, |fₜ|, 1) (deterministic losses; e.g. `optax.lbfgs`
+      on a grid). With a stopping rule the members run in groups of `group_size`: a group is a
+      `vmap` of whole fits (`while_loop`s), so it runs until its slowest member stops, and the
+      groups of a device run one after another (`lax.map`), so no group waits for another.
+    gradient_tolerance: as in `fit`: each member stops at its first step with
+      maxᵢ |∂ᵢfₜ| ≤ gradient_tolerance.
+    group_size: with a stopping rule, the members advanced together on each device. Default:
+      1 on CPU (one member's fit is already a vector computation there, and a group of one
+      runs its line search's branches without `vmap`'s selects: 1.5× faster than a group of 4
+      on seed 001's grid), and all of a device's members on GPU/TPU (there the width is free
+      and waiting for the slowest member is cheap). Only for fits with a stopping rule.
 
   Returns:
     `FitResult` with a leading batch axis on every field. Members whose loss went non-finite
       are frozen at their last finite parameters (`diverged_at` >= 0) and a warning says how
-      many.
+      many; with a stopping rule, `converged_at` says where each member stopped.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, klax
@@ -410,9 +631,12 @@ def fit_batch(
   loss, optimizer = _loss(loss), _optimizer(optimizer)
   size = _batch_size(params_batch)
   draws = _variance_draws(gradient_variance_draws)
+  rule = _stopping_rule(tolerance, gradient_tolerance, draws)
   devices = jax.devices()
   chunk = min(size, _checks.positive_int(chunk_size, "chunk_size") if chunk_size else 1 << 16)
-  chunk = -(-chunk // len(devices)) * len(devices)
+  per_device = -(-chunk // len(devices))
+  group = _group_size(group_size, rule, per_device, devices[0].platform)
+  chunk = -(-per_device // group) * group * len(devices)  # Whole groups on every device.
   sharding = NamedSharding(Mesh(np.array(devices), ("batch",)), PartitionSpec("batch"))
   if not isinstance(common_random_numbers, bool):
     raise TypeError(
@@ -435,21 +659,35 @@ def fit_batch(
         chunk_params = jax.device_put(chunk_params, sharding)
         if not common_random_numbers:  # A shared key stays replicated.
           chunk_keys = jax.device_put(chunk_keys, sharding)
-      result = _fit_chunk(
-        loss,
-        chunk_params,
-        optimizer,
-        chunk_keys,
-        num_steps,
-        trace_every,
-        bool(progress),
-        draws,
-        common_random_numbers,
-      )
+      if rule is None:
+        result = _fit_chunk(
+          loss,
+          chunk_params,
+          optimizer,
+          chunk_keys,
+          num_steps,
+          trace_every,
+          bool(progress),
+          draws,
+          common_random_numbers,
+        )
+      else:
+        result = _fit_chunk_until(
+          loss,
+          chunk_params,
+          optimizer,
+          chunk_keys,
+          rule,
+          num_steps,
+          trace_every,
+          common_random_numbers,
+          group,
+        )
       results.append(result if whole else jax.tree.map(lambda x, n=stop - start: x[:n], result))
       if bar is not None:  # Callbacks are asynchronous: let this chunk's finish first.
         jax.block_until_ready(result)
         _PROGRESS["offset"] = (start // chunk + 1) * num_steps
+        bar.update(max(0, _PROGRESS["offset"] - bar.n))  # Fits with a rule report per chunk.
   finally:
     _stop_progress(bar)
   combined = (

@@ -11,7 +11,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(script, out):
+def _run(script, out, *extra):
   env = {**os.environ, "PYTHONPATH": str(ROOT)}
   command = [
     sys.executable,
@@ -19,6 +19,7 @@ def _run(script, out):
     "--quick",
     "--out",
     str(out),
+    *extra,
   ]
   subprocess.run(command, check=True, env=env, capture_output=True, timeout=900)
 
@@ -36,6 +37,20 @@ def test_fit_throughput_harness(tmp_path):
   measured = [row for row in payload["rows"] if "skipped" not in row]
   assert all(row["run_s"] > 0 and row["fits_per_s"] > 0 for row in measured)
   assert payload["versions"]["jax"]
+  # From the same starts klax's L-BFGS (with its stopping rule) lands where scipy's does.
+  assert payload["grid_optima"]["same_optimum"] == payload["grid_optima"]["batch"] == 2
+
+
+def test_fit_throughput_on_several_cpu_devices(tmp_path):
+  _run("fit_throughput.py", tmp_path, "--cases", "grid", "--cpu-devices", "2")
+  payload = json.loads((tmp_path / "fit_throughput_2cpu.json").read_text())
+  assert len(payload["devices"]) == 2
+  assert {row["method"] for row in payload["rows"]} == {
+    "klax.fit_batch lbfgs grid",
+    "klax.fit lbfgs grid (loop)",
+    "scipy L-BFGS-B grid (loop)",
+  }
+  assert payload["grid_optima"]["same_optimum"] == 2
 
 
 def test_fit_batch_scale_harness(tmp_path):
