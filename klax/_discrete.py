@@ -182,39 +182,106 @@ def kl_divergence_logits(p_logits, q_logits, axis: int = -1, *, where=None) -> j
   return kl_from_logits(p_logits, q_logits, axis, where)
 
 
+def _shifted_exp(logits, axis: int, where):
+  """e^{x − m} (0 where masked) and m = the row's largest logit (0 if not finite), kept dims."""
+  top = jnp.max(logits, axis=axis, keepdims=True, where=where, initial=-jnp.inf)
+  top = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0.0))
+  shifted = jnp.exp(logits - top)
+  return (shifted if where is None else jnp.where(where, shifted, 0.0)), top
+
+
+def _plain_kl_from_logits(p_logits, q_logits, axis: int, where) -> jax.Array:
+  """KL = E_p[a − b] − LSE(a) + LSE(b) (a, b = p's and q's logits): two exponentials per outcome.
+
+  With e = e^{a − max a}: E_p[a − b] = Σ e (a − b) / Σ e, and LSE(a) = max a + log Σ e. (Two
+  log-softmaxes and p = exp(log p) would take three.) An outcome with p > 0 and q = 0 gives +∞.
+  """
+  e_a, top_a = _shifted_exp(p_logits, axis, where)
+  e_b, top_b = _shifted_exp(q_logits, axis, where)
+  possible = p_logits > -jnp.inf
+  if where is not None:
+    possible &= where
+  d = jnp.where(possible, p_logits - q_logits, 0.0)
+  terms = jnp.where(d == jnp.inf, jnp.inf, e_a * d)  # p > 0 even where e_a underflows.
+  sum_a, sum_b = jnp.sum(e_a, axis=axis), jnp.sum(e_b, axis=axis)
+  lse_difference = jnp.squeeze(top_b - top_a, axis) + jnp.log(sum_b) - jnp.log(sum_a)
+  return jnp.sum(terms, axis=axis) / sum_a + lse_difference
+
+
 def kl_from_logits(p_logits, q_logits, axis: int = -1, where=None) -> jax.Array:
   """Σ p (log p − log q) for checked logits, accurate when p ≈ q.
 
-  The plain form subtracts two log-softmaxes, losing ulps of |log p| (about 1e-6 in float32 for
-  a large vocabulary): too much when the KL itself is small. So when some row's plain value is
+  The plain form (`_plain_kl_from_logits`) loses ulps of |log p| (about 1e-6 in float32 for a
+  large vocabulary): too much when the KL itself is small. So when some row's plain value is
   below 1e-2, the rows whose logit differences d = p_logits − q_logits stay within 1 of their
   mean are recomputed cancellation-free: with t = d − E_p[d] (any constant shift of d leaves the
   KL unchanged), KL = E_p[t] + log E_p[e^{−t}] = A − (B − log1p(B)), A = E_p[t + expm1(−t)]
-  (every term ≥ 0), B = E_p[expm1(−t)], accurate to a few ulps of the KL itself.
+  (every term ≥ 0, by its Taylor series where |t| is small), B = E_p[expm1(−t)]: about 1e-6
+  relative in float32 where the plain form can be off by 100%.
   """
-  log_p = jax.nn.log_softmax(p_logits, axis=axis, where=where)
-  log_q = jax.nn.log_softmax(q_logits, axis=axis, where=where)
-  possible = log_p > -jnp.inf
-  if where is not None:
-    possible &= where
+  plain = _plain_kl_from_logits(p_logits, q_logits, axis, where)
+  return jax.lax.cond(
+    jnp.any(plain < 1e-2),
+    lambda: _refined_rows(p_logits, q_logits, axis, where, plain),
+    lambda: plain,
+  )
+
+
+def _refined_rows(p_logits, q_logits, axis: int, where, plain) -> jax.Array:
+  """`kl_from_logits`'s cancellation-free form for the rows whose plain value is below 1e-2.
+
+  The rows go in groups of `_REFINE_GROUP` (`lax.map` over groups, `vmap` within one), and a
+  group is recomputed only if one of its rows needs it: the temporaries are a group's, not the
+  batch's, so carrying this rarely taken branch costs the common path nothing.
+  """
+  where = (
+    jnp.ones(p_logits.shape, bool) if where is None else jnp.broadcast_to(where, p_logits.shape)
+  )
+  rows = [jnp.moveaxis(x, axis, -1).reshape(-1, x.shape[axis]) for x in (p_logits, q_logits, where)]
+  rows.append(plain.reshape(-1))
+  count = rows[-1].shape[0]
+  padded = -(-count // _REFINE_GROUP) * _REFINE_GROUP
+  rows = [jnp.concatenate([x, jnp.ones((padded - count, *x.shape[1:]), x.dtype)]) for x in rows]
+  groups = [x.reshape(-1, _REFINE_GROUP, *x.shape[1:]) for x in rows]
+
+  def group(arrays):
+    plain = arrays[-1]
+    return jax.lax.cond(jnp.any(plain < 1e-2), jax.vmap(_refined_row), lambda *_: plain, *arrays)
+
+  return jax.lax.map(group, groups).reshape(-1)[:count].reshape(plain.shape)
+
+
+_REFINE_GROUP = 16
+
+
+def _refined_row(p_logits, q_logits, where, plain) -> jax.Array:
+  log_p = jax.nn.log_softmax(p_logits, where=where)
+  possible = (log_p > -jnp.inf) & where
   p = jnp.where(possible, jnp.exp(log_p), 0.0)
 
   def expect(values):  # E_p[values], 0 · anything = 0 where p = 0.
-    return jnp.sum(p * jnp.where(possible, values, 0.0), axis=axis, where=where)
+    return jnp.sum(p * jnp.where(possible, values, 0.0), where=where)
 
-  plain = expect(log_p - log_q)
+  d = jnp.where(possible, p_logits - q_logits, 0.0)
+  t = d - expect(d)
+  small = jnp.abs(t) < 1.0
+  near = jnp.all(small | ~possible)
+  t = jnp.where(small, t, 0.0)
+  e = jnp.expm1(-t)
+  a, b = expect(_exp_remainder(t, e)), expect(e)
+  return jnp.where(near, a - (b - jnp.log1p(b)), plain)
 
-  def refined(plain):
-    d = jnp.where(possible, p_logits - q_logits, 0.0)
-    t = d - jnp.expand_dims(expect(d), axis)
-    small = jnp.abs(t) < 1.0
-    near = jnp.all(small | ~possible, axis=axis)
-    t = jnp.where(small, t, 0.0)
-    e = jnp.expm1(-t)
-    a, b = expect(t + e), expect(e)
-    return jnp.where(near, a - (b - jnp.log1p(b)), plain)
 
-  return jax.lax.cond(jnp.any(plain < 1e-2), refined, lambda plain: plain, plain)
+def _exp_remainder(t, expm1_minus_t):
+  """e^{−t} − 1 + t ≥ 0 without cancellation.
+
+  Its Taylor series Σ_{k≥2} (−t)^k / k! for |t| < 1/4 (to t⁷: truncation below 1e-8 relative),
+  else t + expm1(−t) (relative error below 1e-6 there).
+  """
+  series = 1 - t / 7
+  for k in (6, 5, 4, 3):
+    series = 1 - t / k * series
+  return jnp.where(jnp.abs(t) < 0.25, t * t / 2 * series, t + expm1_minus_t)
 
 
 def entropy_logits(logits, axis: int = -1, *, where=None) -> jax.Array:

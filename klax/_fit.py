@@ -172,7 +172,16 @@ def _init_state(optimizer, params) -> _State:
 
 
 _STATIC = ("loss", "optimizer", "num_steps", "trace_every", "progress", "variance_draws")
-_CHUNK_STATIC = (*_STATIC, "common_random_numbers")
+_CHUNK_STATIC = (*_STATIC, "key_mode")
+
+# How a chunk's `keys` argument gives its members their keys: "members", one key per member;
+# "split", one key that the chunk splits into `split(key, chunk)` itself (the whole batch in one
+# chunk: no separately compiled split before the first call); "common", one key for every member.
+
+
+def _member_keys(keys, key_mode: str, size: int):
+  """The chunk's keys: per member (split here for "split"), or the one shared key."""
+  return jax.random.split(keys, size) if key_mode == "split" else keys
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -199,9 +208,10 @@ def _fit_chunk(
   trace_every,
   progress,
   variance_draws,
-  common_random_numbers,
+  key_mode,
 ):
-  key_axis = None if common_random_numbers else 0  # One key for all: its draws are shared.
+  member_keys = _member_keys(member_keys, key_mode, jax.tree.leaves(params_batch)[0].shape[0])
+  key_axis = None if key_mode == "common" else 0  # One key for all: its draws are shared.
 
   def batched_step(record, state, keys, step_index):
     one = functools.partial(_step, loss, optimizer, variance_draws, record)
@@ -303,7 +313,7 @@ def _fit_until_jit(loss, params, optimizer, key, rule, num_steps, trace_every):
   return _fit_until(loss, optimizer, rule, num_steps, trace_every, params, key)
 
 
-@functools.partial(jax.jit, static_argnames=(*_UNTIL_STATIC, "common_random_numbers", "group_size"))
+@functools.partial(jax.jit, static_argnames=(*_UNTIL_STATIC, "key_mode", "group_size"))
 def _fit_chunk_until(
   loss,
   params_batch,
@@ -312,7 +322,7 @@ def _fit_chunk_until(
   rule,
   num_steps,
   trace_every,
-  common_random_numbers,
+  key_mode,
   group_size,
 ):
   """Each device fits its members in groups of `group_size`, one group after another.
@@ -325,12 +335,12 @@ def _fit_chunk_until(
   batch_size = None if group_size == 1 else group_size  # One member per group: no vmap at all.
 
   def local(params, keys):
-    if common_random_numbers:
+    if key_mode == "common":
       return jax.lax.map(lambda p: one(p, keys), params, batch_size=batch_size)
     return jax.lax.map(lambda pk: one(*pk), (params, keys), batch_size=batch_size)
 
   mesh = Mesh(np.array(jax.devices()), ("batch",))
-  key_spec = PartitionSpec() if common_random_numbers else PartitionSpec("batch")
+  key_spec = PartitionSpec() if key_mode == "common" else PartitionSpec("batch")
   # check_vma=False: optax's line searches mix per-device and replicated values in their conds.
   sharded = jax.shard_map(
     local,
@@ -339,6 +349,7 @@ def _fit_chunk_until(
     out_specs=PartitionSpec("batch"),
     check_vma=False,
   )
+  member_keys = _member_keys(member_keys, key_mode, jax.tree.leaves(params_batch)[0].shape[0])
   return sharded(params_batch, member_keys)
 
 
@@ -642,8 +653,13 @@ def fit_batch(
     raise TypeError(
       f"`common_random_numbers` must be a bool, got {type(common_random_numbers).__name__}."
     )
-  member_keys = key if common_random_numbers else jax.random.split(key, size)
   num_chunks = -(-size // chunk)
+  if common_random_numbers:
+    key_mode = "common"
+  elif num_chunks == 1 and size == chunk:
+    key_mode = "split"  # The chunk splits `key` itself, inside its compiled program.
+  else:
+    key_mode, member_keys = "members", jax.random.split(key, size)
   bar = _start_progress(progress, num_chunks * num_steps, "fit_batch")
   results = []
   try:
@@ -651,13 +667,13 @@ def fit_batch(
       stop = min(start + chunk, size)
       whole = start == 0 and stop == size == chunk  # One exact chunk: no slicing or padding.
       chunk_params = params_batch if whole else _slice_and_pad(params_batch, start, stop, chunk)
-      if common_random_numbers or whole:
-        chunk_keys = member_keys
-      else:
+      if key_mode == "members":
         chunk_keys = _slice_and_pad(member_keys, start, stop, chunk)
+      else:
+        chunk_keys = key
       if len(devices) > 1:
         chunk_params = jax.device_put(chunk_params, sharding)
-        if not common_random_numbers:  # A shared key stays replicated.
+        if key_mode == "members":  # A single key stays replicated.
           chunk_keys = jax.device_put(chunk_keys, sharding)
       if rule is None:
         result = _fit_chunk(
@@ -669,7 +685,7 @@ def fit_batch(
           trace_every,
           bool(progress),
           draws,
-          common_random_numbers,
+          key_mode,
         )
       else:
         result = _fit_chunk_until(
@@ -680,7 +696,7 @@ def fit_batch(
           rule,
           num_steps,
           trace_every,
-          common_random_numbers,
+          key_mode,
           group,
         )
       results.append(result if whole else jax.tree.map(lambda x, n=stop - start: x[:n], result))

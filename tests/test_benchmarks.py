@@ -65,6 +65,10 @@ def test_divergence_throughput_harness(tmp_path):
   payload = json.loads((tmp_path / "divergence_throughput.json").read_text())
   cases = {(row["case"], row.get("method")) for row in payload["rows"]}
   assert ("mvn", "klax.kl_divergence") in cases and ("logits", "klax.kl_divergence_logits") in cases
+  logits = [r for r in payload["rows"] if r["case"] == "logits"]
+  assert {r["logit_noise"] for r in logits} == {0.3, 1e-3}
+  # klax is exact against float64 also where p ≈ q (the hand formula is not checked: it is not).
+  assert all(r["max_relative_error"] < 1e-4 for r in logits if r["method"].startswith("klax"))
   assert any(row["case"] == "knn" for row in payload["rows"])
   mvn = [r for r in payload["rows"] if r["case"] == "mvn" and "first_values" in r]
   by_d = {}

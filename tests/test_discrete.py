@@ -60,6 +60,19 @@ def test_infinite_where_p_positive_and_q_zero():
   assert klax.kl_divergence_logits(jnp.array([0.0, 0.0]), jnp.array([0.0, -jnp.inf])) == jnp.inf
 
 
+def test_infinite_where_q_is_zero_even_if_p_underflows():
+  # p₂ = e^{−200}/(1 + e^{−200}) is 0 in float32 but not on paper, and q₂ = 0: KL = +∞.
+  p_logits, q_logits = jnp.array([0.0, -200.0]), jnp.array([0.0, -jnp.inf])
+  assert klax.kl_divergence_logits(p_logits, q_logits) == jnp.inf
+  # Masked outcomes take no part, whatever their logits.
+  where = jnp.array([True, True, False])
+  kl = klax.kl_divergence_logits(
+    jnp.array([0.0, 1.0, 5.0]), jnp.array([1.0, 0.0, -jnp.inf]), where=where
+  )
+  p, q = scipy.special.softmax([0.0, 1.0]), scipy.special.softmax([1.0, 0.0])
+  np.testing.assert_allclose(kl, scipy.stats.entropy(p, q), rtol=1e-6)
+
+
 def test_logits_match_scipy_at_vocabulary_size():
   rng = np.random.default_rng(3)
   p_logits = rng.normal(size=(2, 32_000)).astype(np.float32) * 3
@@ -223,3 +236,28 @@ def test_property_zero_iff_equal_logits(logits):
   got = float(klax.kl_divergence_logits(logits, shifted))
   assert got >= -1e-7
   np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-6)
+
+
+def test_near_identical_rows_are_exact_in_any_layout_beside_far_ones():
+  # Rows of 50 outcomes along axis 1 of a (4, 50, 9) batch; odd columns nearly equal (KL ~ 1e-7),
+  # even ones far apart. Reference: float64 scipy on the float32 logits.
+  rng = np.random.default_rng(7)
+  p_logits = (2 * rng.normal(size=(4, 50, 9))).astype(np.float32)
+  noise = np.where(np.arange(9) % 2, 1e-3, 1.0) * rng.normal(size=(4, 50, 9))
+  q_logits = (p_logits + noise).astype(np.float32)
+  where = np.ones((4, 50, 9), bool)
+  where[:, :5, :] = False  # The first five outcomes are masked out.
+  p = scipy.special.softmax(np.where(where, p_logits.astype(np.float64), -np.inf), axis=1)
+  q = scipy.special.softmax(np.where(where, q_logits.astype(np.float64), -np.inf), axis=1)
+  expected = scipy.special.rel_entr(p, q).sum(axis=1)
+  got = klax.kl_divergence_logits(p_logits, q_logits, axis=1, where=where)
+  assert expected[:, 1::2].max() < 1e-5 and expected[:, ::2].min() > 0.1
+  np.testing.assert_allclose(got, expected, rtol=2e-5)
+  np.testing.assert_allclose(
+    jax.jit(klax.kl_divergence_logits, static_argnames="axis")(p_logits, q_logits, axis=1),
+    scipy.special.rel_entr(
+      scipy.special.softmax(p_logits.astype(np.float64), axis=1),
+      scipy.special.softmax(q_logits.astype(np.float64), axis=1),
+    ).sum(axis=1),
+    rtol=1e-4,
+  )
