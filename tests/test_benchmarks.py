@@ -36,6 +36,10 @@ def test_fit_throughput_harness(tmp_path):
   } <= methods
   measured = [row for row in payload["rows"] if "skipped" not in row]
   assert all(row["run_s"] > 0 and row["fits_per_s"] > 0 for row in measured)
+  # NumPyro comes with the `benchmarks` extra (part of `test`): its rows are measured, not skipped.
+  assert {"NumPyro SVI reverse (loop)", "NumPyro SVI reverse (jit(vmap))"} <= {
+    row["method"] for row in measured
+  }
   assert payload["versions"]["jax"]
   # From the same starts klax's L-BFGS (with its stopping rule) lands where scipy's does.
   assert payload["grid_optima"]["same_optimum"] == payload["grid_optima"]["batch"] == 2
