@@ -273,7 +273,7 @@ def _fit_until(loss, optimizer, rule, num_steps, trace_every, params, key) -> Fi
   def body(carry: _UntilState) -> _UntilState:
     step_key = jax.random.fold_in(key, carry.step)
     value, grads = _value_and_grad(loss, carry.fit.params, step_key, carry.fit.opt_state)
-    met = rule.met(carry.value, value, grads) & (carry.fit.diverged_at < 0)
+    met = rule.met(carry.value, value, grads)
     state, (recorded, _) = _update(
       loss, optimizer, 0, True, carry.fit, step_key, carry.step, value, grads
     )

@@ -1,9 +1,5 @@
 """fit and fit_batch on seed 001's problem, against references computed with scipy."""
 
-import json
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -253,23 +249,8 @@ print(json.dumps({"devices": len(jax.devices()), "loc": result.params["loc"].tol
 
 
 @pytest.mark.parametrize("chunk_size", [10, 3])
-def test_four_cpu_devices_give_the_same_results_as_one(chunk_size):
-  outputs = []
-  for count in (1, 4):
-    env = {
-      **os.environ,
-      "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}",
-      "PYTHONPATH": str(ROOT),
-    }
-    run = subprocess.run(
-      [sys.executable, "-c", _SHARDED_SCRIPT, str(chunk_size)],
-      capture_output=True,
-      text=True,
-      env=env,
-      check=True,
-      timeout=300,
-    )
-    outputs.append(json.loads(run.stdout.strip().splitlines()[-1]))
+def test_four_cpu_devices_give_the_same_results_as_one(chunk_size, run_on_cpu_devices):
+  outputs = [run_on_cpu_devices(_SHARDED_SCRIPT, count, str(chunk_size)) for count in (1, 4)]
   assert [o["devices"] for o in outputs] == [1, 4]
   assert all(o["repeat_identical"] for o in outputs)  # Same key, same bits, sharded or not.
   np.testing.assert_allclose(outputs[0]["loc"], outputs[1]["loc"], rtol=1e-5, atol=1e-6)

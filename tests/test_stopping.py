@@ -5,10 +5,6 @@ own method), the step at which an unstopped fit's own loss trace first meets the
 parameters an unstopped fit reaches after that many steps.
 """
 
-import json
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -249,23 +245,8 @@ print(json.dumps({"devices": len(jax.devices()), "params": result.params.tolist(
 """
 
 
-def test_four_cpu_devices_with_a_rule_give_the_same_results_as_one():
-  outputs = []
-  for count in (1, 4):
-    env = {
-      **os.environ,
-      "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}",
-      "PYTHONPATH": str(ROOT),
-    }
-    run = subprocess.run(
-      [sys.executable, "-c", _SHARDED_SCRIPT],
-      capture_output=True,
-      text=True,
-      env=env,
-      check=True,
-      timeout=300,
-    )
-    outputs.append(json.loads(run.stdout.strip().splitlines()[-1]))
+def test_four_cpu_devices_with_a_rule_give_the_same_results_as_one(run_on_cpu_devices):
+  outputs = [run_on_cpu_devices(_SHARDED_SCRIPT, count) for count in (1, 4)]
   assert [o["devices"] for o in outputs] == [1, 4]
   assert outputs[0]["steps"] == outputs[1]["steps"] and min(outputs[0]["steps"]) > 0
   np.testing.assert_allclose(outputs[0]["params"], outputs[1]["params"], rtol=1e-5, atol=1e-6)

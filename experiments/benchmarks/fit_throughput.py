@@ -158,37 +158,8 @@ def tfp_reverse(size, steps):
   return lambda: run(params, keys)
 
 
-def numpyro_reverse(size, steps):
-  import numpyro
-  import numpyro.distributions as dist
-  from numpyro.infer import SVI
-  from numpyro.infer import Trace_ELBO
-
-  def model():
-    numpyro.factor(
-      "target", log_p(numpyro.sample("x", dist.ImproperUniform(dist.constraints.real, (), ())))
-    )
-
-  def fit_one(loc):
-    def guide():
-      mu = numpyro.param("loc", loc)
-      log_scale = numpyro.param("log_scale", 0.0)
-      numpyro.sample("x", dist.Normal(mu, jnp.exp(log_scale)))
-
-    svi = SVI(
-      model,
-      guide,
-      optax.adam(LEARNING_RATE),
-      Trace_ELBO(num_particles=NUM_SAMPLES, vectorize_particles=True),
-    )
-    return svi.run(jax.random.key(0), steps, progress_bar=False).params
-
-  locs = np.linspace(-6.0, 6.0, size)
-  return lambda: [fit_one(float(loc)) for loc in locs]
-
-
-def numpyro_reverse_vmapped(size, steps):
-  """NumPyro SVI (`Trace_ELBO`, same guide), its steps in a `scan`, `jit(vmap)`ped over starts."""
+def numpyro_svi(init_loc):
+  """NumPyro SVI of seed 001's target with a normal guide (`Trace_ELBO`, same samples, Adam)."""
   import numpyro
   import numpyro.distributions as dist
   from numpyro.infer import SVI
@@ -200,16 +171,30 @@ def numpyro_reverse_vmapped(size, steps):
     )
 
   def guide():
-    mu = numpyro.param("loc", 0.0)
+    mu = numpyro.param("loc", init_loc)
     log_scale = numpyro.param("log_scale", 0.0)
     numpyro.sample("x", dist.Normal(mu, jnp.exp(log_scale)))
 
-  svi = SVI(
-    model,
-    guide,
-    optax.adam(LEARNING_RATE),
-    Trace_ELBO(num_particles=NUM_SAMPLES, vectorize_particles=True),
-  )
+  elbo = Trace_ELBO(num_particles=NUM_SAMPLES, vectorize_particles=True)
+  return SVI(model, guide, optax.adam(LEARNING_RATE), elbo)
+
+
+def numpyro_reverse(size, steps):
+  """NumPyro as its users usually run it: `svi.run` per start (a new guide, so a new compile)."""
+  import numpyro  # noqa: F401  (skip the case with a message when NumPyro is absent)
+
+  def fit_one(loc):
+    return numpyro_svi(loc).run(jax.random.key(0), steps, progress_bar=False).params
+
+  locs = np.linspace(-6.0, 6.0, size)
+  return lambda: [fit_one(float(loc)) for loc in locs]
+
+
+def numpyro_reverse_vmapped(size, steps):
+  """NumPyro SVI (`Trace_ELBO`, same guide), its steps in a `scan`, `jit(vmap)`ped over starts."""
+  import numpyro  # noqa: F401
+
+  svi = numpyro_svi(0.0)
 
   def fit_one(loc, key):
     state = svi.init(key, init_params={"loc": loc, "log_scale": jnp.zeros_like(loc)})
@@ -244,8 +229,8 @@ GRID_GRADIENT_TOLERANCE = (
 )
 
 
-def klax_grid(size, steps):
-  """klax's L-BFGS on the grid: every start stops by its own rule, none waits for another."""
+def grid_loss():
+  """Seed 001's objective KL(q̂ ‖ p̂) on the grid, q = N(loc, exp(log_scale)²); deterministic."""
   grid = jnp.asarray(GRID, jnp.float32)
   log_p_values = log_p(grid)  # Evaluated once, as the seed evaluates p once.
 
@@ -254,6 +239,12 @@ def klax_grid(size, steps):
     log_q = norm.logpdf(grid, params["loc"], jnp.exp(params["log_scale"]))
     return klax.kl_divergence_grid(log_q, log_p_values, grid)
 
+  return loss
+
+
+def klax_grid(size, steps):
+  """klax's L-BFGS on the grid: every start stops by its own rule, none waits for another."""
+  loss = grid_loss()
   params = {"loc": jnp.linspace(-4.0, 4.0, size), "log_scale": jnp.full(size, math.log(1.2))}
   optimizer = optax.lbfgs()  # Built once: a new optimizer object would compile anew.
   key = jax.random.key(0)
@@ -275,14 +266,7 @@ def klax_grid(size, steps):
 
 def klax_grid_loop(size, steps):
   """One `klax.fit` per start, in a Python loop, as scipy is run (and as a user fits one model)."""
-  grid = jnp.asarray(GRID, jnp.float32)
-  log_p_values = log_p(grid)
-
-  def loss(params, key):
-    del key
-    log_q = norm.logpdf(grid, params["loc"], jnp.exp(params["log_scale"]))
-    return klax.kl_divergence_grid(log_q, log_p_values, grid)
-
+  loss = grid_loss()
   inits = [
     {"loc": jnp.float32(loc), "log_scale": jnp.float32(math.log(1.2))}
     for loc in np.linspace(-4.0, 4.0, size)
