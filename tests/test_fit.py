@@ -1,7 +1,6 @@
 """fit and fit_batch on seed 001's problem, against references computed with scipy."""
 
 import warnings
-from pathlib import Path
 
 import chex
 import jax
@@ -16,8 +15,6 @@ from scipy import stats
 
 import klax
 from klax import families
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def log_p(x):  # P = ½ N(−3, 1.2²) + ½ N(3, 1.2²), normalised.

@@ -6,7 +6,6 @@ parameters an unstopped fit reaches after that many steps.
 """
 
 import warnings
-from pathlib import Path
 
 import chex
 import jax
@@ -20,7 +19,6 @@ from scipy import stats
 
 import klax
 
-ROOT = Path(__file__).resolve().parents[1]
 GRID = np.arange(-10, 10, 0.01)
 LOG_P = np.logaddexp(stats.norm.logpdf(GRID, -3, 1.2), stats.norm.logpdf(GRID, 3, 1.2))
 
