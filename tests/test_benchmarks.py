@@ -36,6 +36,9 @@ def test_fit_throughput_harness(tmp_path):
   } <= methods
   measured = [row for row in payload["rows"] if "skipped" not in row]
   assert all(row["run_s"] > 0 and row["fits_per_s"] > 0 for row in measured)
+  # Compile time apart from run time: every klax first call compiles its fit.
+  assert all(row["compile_s"] >= 0 and row["first_call_extra_s"] >= 0 for row in measured)
+  assert all(row["compile_s"] > 0 for row in measured if row["method"].startswith("klax"))
   # NumPyro comes with the `benchmarks` extra (part of `test`): its rows are measured, not skipped.
   assert {"NumPyro SVI reverse (loop)", "NumPyro SVI reverse (jit(vmap))"} <= {
     row["method"] for row in measured

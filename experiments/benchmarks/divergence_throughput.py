@@ -235,7 +235,7 @@ def main(argv=None) -> dict:
     mvn_cases, logits_batches, knn_sizes = [(2, 64), (16, 16)], [4], [500]
   else:
     mvn_cases = [(2, 100_000), (16, 10_000), (64, 1_000)]
-    logits_batches, knn_sizes = [64, 256, 1_024], [1_000, 10_000, 100_000]
+    logits_batches, knn_sizes = [64, 256, 1_024, 4_096], [1_000, 10_000, 100_000]
   rows = mvn_rows(mvn_cases, args.timeout) if "mvn" in cases else []
   bandwidth = memory_bandwidth()
   if "logits" in cases:
