@@ -18,8 +18,10 @@ Importing klax registers them with `tfp.distributions.RegisterKL`, so `tfd.kl_di
 
 `OVERRIDES` holds pairs that distrax/TFP do register but that klax computes more accurately, and
 `klax.kl_divergence` consults it first: Categorical and Bernoulli pairs (the cancellation-free
-logits form of `klax.kl_divergence_logits`) and Tri/Diag multivariate normals (from their scales,
-without forming or factorising a covariance).
+logits form of `klax.kl_divergence_logits`), Tri/Diag multivariate normals (from their scales,
+without forming or factorising a covariance), and Beta and Gamma pairs (from remainders
+log Γ(x + δ) − log Γ(x) − δψ(x), each ≥ 0 and accurate for small δ, instead of differences of
+log Γ and ψ that cancel when p ≈ q).
 """
 
 from __future__ import annotations
@@ -63,22 +65,123 @@ def _ratio_jvp(primals, tangents):
   return ratio, (dx - ratio * dy) / y
 
 
+def _log_ratio(x: jax.Array, y: jax.Array) -> jax.Array:
+  """log(x / y) for x, y > 0, as log1p((x − y) / y) when x ≈ y (x − y is then exact)."""
+  close = jnp.abs(x - y) < 0.5 * y
+  relative_change = jnp.where(close, _ratio(x - y, y), 0.0)  # Finite gradients either way.
+  return jnp.where(close, jnp.log1p(relative_change), jnp.log(_ratio(x, y)))
+
+
 def _expm1_minus(delta: jax.Array) -> jax.Array:
-  """e^δ − 1 − δ ≥ 0, accurate for small δ."""
-  return jnp.expm1(delta) - delta
+  """e^δ − 1 − δ ≥ 0, accurate for small δ (its Taylor series for |δ| < 1/4)."""
+  return _discrete.exp_remainder(-delta, jnp.expm1(delta))
+
+
+def _log1p_remainder(u: jax.Array) -> jax.Array:
+  """The remainder u − log1p(u) ≥ 0 (u > −1): its Taylor series Σ_{k≥2} (−u)^k / k if |u| < 1/4."""
+  near = jnp.abs(u) < 0.25
+  small = jnp.where(near, u, 0.0)  # The series only where it converges fast (finite gradients).
+  series = jnp.zeros_like(small)
+  for k in range(14, 1, -1):  # Horner in −u: truncation below 1e-8 relative for |u| < 1/4.
+    series = 1.0 / k - small * series
+  return jnp.where(near, small * small * series, u - jnp.log1p(jnp.where(near, 1.0, u)))
+
+
+def _xlog1p_remainder(u: jax.Array) -> jax.Array:
+  """The remainder (1 + u) log1p(u) − u ≥ 0 (u > −1): Σ_{k≥2} (−u)^k / (k (k − 1)) if |u| < 1/4."""
+  near = jnp.abs(u) < 0.25
+  small = jnp.where(near, u, 0.0)
+  series = jnp.zeros_like(small)
+  for k in range(14, 1, -1):  # Truncation below 1e-8 relative for |u| < 1/4.
+    series = 1.0 / (k * (k - 1)) - small * series
+  far = jnp.where(near, 1.0, u)
+  return jnp.where(near, small * small * series, (1 + far) * jnp.log1p(far) - far)
+
+
+_STIRLING_FROM = 100.0  # x from which `_lgamma_remainder` takes Stirling's series.
+
+
+def _lgamma_remainder(x: jax.Array, delta: jax.Array) -> jax.Array:
+  """The remainder log Γ(x + δ) − log Γ(x) − δ ψ(x) ≥ 0 (x > 0, x + δ > 0), exact for small δ.
+
+  For x < 1 it first steps to x + 1 (log Γ(x) = log Γ(x + 1) − log x, ψ(x) = ψ(x + 1) − 1/x),
+  which adds u − log1p(u), u = δ/x. Then, by the size of x and δ:
+  - x ≥ 100: Stirling's series, x A(u) + B(u) / 2 + u² / (12 x (1 + u)) with u = δ/x,
+    A(u) = (1 + u) log1p(u) − u, B(u) = u − log1p(u) (truncation below 1e-9 relative);
+  - |δ| ≤ x/8: the Taylor series Σ_{k=2..11} ψ^(k−1)(x) δ^k / k! (truncation below 1e-8);
+  - else the difference itself (no cancellation to speak of: the remainder is then ≳ x/128).
+  """
+  shift = x < 1.0
+  extra = _log1p_remainder(jnp.where(shift, delta / jnp.where(shift, x, 1.0), 0.0))  # 0 if not.
+  x = jnp.where(shift, x + 1.0, x)
+  large = x >= _STIRLING_FROM
+  u = delta / x
+  stirling = x * _xlog1p_remainder(u) + _log1p_remainder(u) / 2 + u * u / (12 * x * (1 + u))
+  near = (jnp.abs(delta) <= x / 8) & ~large
+  small = jnp.where(near, delta, 0.0)
+  moderate = jnp.where(large, 1.0, x)  # The Taylor series and the difference: x < 100 only.
+  series, power = jnp.zeros_like(x), small
+  for k in range(2, 12):
+    power = power * small / k  # δ^k / k!
+    series = series + jax.scipy.special.polygamma(k - 1, moderate) * power
+  far = jnp.where(near | large, 1.0, delta)
+  direct = (
+    jax.lax.lgamma(moderate + far) - jax.lax.lgamma(moderate) - far * jax.lax.digamma(moderate)
+  )
+  return extra + jnp.where(large, stirling, jnp.where(near, series, direct))
+
+
+def _kl_beta_beta(a, b, name=None):
+  """KL = R(α₁, α₂ − α₁) + R(β₁, β₂ − β₁) − R(α₁ + β₁, α₂ + β₂ − α₁ − β₁), R = `_lgamma_remainder`.
+
+  The textbook form log B(α₂, β₂) − log B(α₁, β₁) + (α₁ − α₂)ψ(α₁) + … is a sum of O(1) terms
+  that cancel to O(δ²) when the two are close (float32 gives −1e-6 where the KL is 1e-12).
+  """
+  del name
+  alpha_a, beta_a, alpha_b, beta_b = _beta_concentrations(a) + _beta_concentrations(b)
+  delta_alpha, delta_beta = alpha_b - alpha_a, beta_b - beta_a  # Exact when close (Sterbenz).
+  return (
+    _lgamma_remainder(alpha_a, delta_alpha)
+    + _lgamma_remainder(beta_a, delta_beta)
+    - _lgamma_remainder(alpha_a + beta_a, delta_alpha + delta_beta)
+  )
+
+
+def _beta_concentrations(d) -> tuple[jax.Array, jax.Array]:
+  if isinstance(d, distrax.Beta):
+    return jnp.asarray(d.alpha), jnp.asarray(d.beta)
+  return jnp.asarray(d.concentration1), jnp.asarray(d.concentration0)
+
+
+def _kl_gamma_gamma(a, b, name=None):
+  """KL = R(α₁, α₂ − α₁) + α₁ (e^ρ − 1 − ρ) − (α₂ − α₁) ρ, ρ = log(rate₂ / rate₁).
+
+  (Shape α, rate; R = `_lgamma_remainder`.) The same quantity as TFP's form, without its
+  cancellation between O(1) terms when the two are close.
+  """
+  del name
+  (shape_a, rate_a), (shape_b, rate_b) = _gamma_parameters(a), _gamma_parameters(b)
+  rho = _log_ratio(rate_b, rate_a)
+  delta = shape_b - shape_a
+  return _lgamma_remainder(shape_a, delta) + shape_a * _expm1_minus(rho) - delta * rho
+
+
+def _gamma_parameters(d) -> tuple[jax.Array, jax.Array]:
+  rate = d.rate if getattr(d, "rate", None) is not None else jnp.exp(d.log_rate)
+  return jnp.asarray(d.concentration), jnp.asarray(rate)
 
 
 def _kl_poisson_poisson(a, b, name=None):
   del name
-  if a.rate is not None and b.rate is not None:  # The log of a ratio: no cancellation.
-    return a.rate * _expm1_minus(jnp.log(_ratio(b.rate, a.rate)))
+  if a.rate is not None and b.rate is not None:
+    return a.rate * _expm1_minus(_log_ratio(b.rate, a.rate))
   log_rate_a = a.log_rate_parameter()
   return jnp.exp(log_rate_a) * _expm1_minus(b.log_rate_parameter() - log_rate_a)
 
 
 def _kl_exponential_exponential(a, b, name=None):
   del name
-  return _expm1_minus(jnp.log(_ratio(b.rate, a.rate)))  # The log of a ratio: no cancellation.
+  return _expm1_minus(_log_ratio(b.rate, a.rate))
 
 
 def _kl_geometric_geometric(a, b, name=None):
@@ -247,6 +350,12 @@ _SCALED_MVNS = (
 for _a in _SCALED_MVNS:
   for _b in _SCALED_MVNS:
     OVERRIDES[_a, _b] = _kl_scaled_mvn
+for _a in (distrax.Beta, tfd.Beta):
+  for _b in (distrax.Beta, tfd.Beta):
+    OVERRIDES[_a, _b] = _kl_beta_beta
+for _a in (distrax.Gamma, tfd.Gamma):
+  for _b in (distrax.Gamma, tfd.Gamma):
+    OVERRIDES[_a, _b] = _kl_gamma_gamma
 
 
 def override(p, q):
