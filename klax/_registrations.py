@@ -77,25 +77,30 @@ def _expm1_minus(delta: jax.Array) -> jax.Array:
   return _discrete.exp_remainder(-delta, jnp.expm1(delta))
 
 
-def _log1p_remainder(u: jax.Array) -> jax.Array:
-  """The remainder u − log1p(u) ≥ 0 (u > −1): its Taylor series Σ_{k≥2} (−u)^k / k if |u| < 1/4."""
-  near = jnp.abs(u) < 0.25
-  small = jnp.where(near, u, 0.0)  # The series only where it converges fast (finite gradients).
-  series = jnp.zeros_like(small)
-  for k in range(14, 1, -1):  # Horner in −u: truncation below 1e-8 relative for |u| < 1/4.
-    series = 1.0 / k - small * series
-  return jnp.where(near, small * small * series, u - jnp.log1p(jnp.where(near, 1.0, u)))
+def _alternating_series_remainder(u, coefficient, direct) -> jax.Array:
+  """u² Σ_{k≥2} coefficient(k) (−u)^(k−2) where |u| < 1/4, else `direct(u)`.
 
-
-def _xlog1p_remainder(u: jax.Array) -> jax.Array:
-  """The remainder (1 + u) log1p(u) − u ≥ 0 (u > −1): Σ_{k≥2} (−u)^k / (k (k − 1)) if |u| < 1/4."""
+  The series runs to k = 14 (truncation below 1e-8 relative); each branch sees only the u it is
+  taken for, so gradients stay finite in the other.
+  """
   near = jnp.abs(u) < 0.25
   small = jnp.where(near, u, 0.0)
   series = jnp.zeros_like(small)
-  for k in range(14, 1, -1):  # Truncation below 1e-8 relative for |u| < 1/4.
-    series = 1.0 / (k * (k - 1)) - small * series
-  far = jnp.where(near, 1.0, u)
-  return jnp.where(near, small * small * series, (1 + far) * jnp.log1p(far) - far)
+  for k in range(14, 1, -1):  # Horner in −u.
+    series = coefficient(k) - small * series
+  return jnp.where(near, small * small * series, direct(jnp.where(near, 1.0, u)))
+
+
+def _log1p_remainder(u: jax.Array) -> jax.Array:
+  """The remainder u − log1p(u) = Σ_{k≥2} (−u)^k / k ≥ 0 (u > −1)."""
+  return _alternating_series_remainder(u, lambda k: 1.0 / k, lambda u: u - jnp.log1p(u))
+
+
+def _xlog1p_remainder(u: jax.Array) -> jax.Array:
+  """The remainder (1 + u) log1p(u) − u = Σ_{k≥2} (−u)^k / (k (k − 1)) ≥ 0 (u > −1)."""
+  return _alternating_series_remainder(
+    u, lambda k: 1.0 / (k * (k - 1)), lambda u: (1 + u) * jnp.log1p(u) - u
+  )
 
 
 _STIRLING_FROM = 100.0  # x from which `_lgamma_remainder` takes Stirling's series.
@@ -335,27 +340,28 @@ for _mvn in (
 # Pairs that distrax or TFP already register, computed instead by klax's form, which stays
 # accurate (and non-negative) when p ≈ q: `klax.kl_divergence` looks here first.
 OVERRIDES = {}
-for _a in (distrax.Categorical, tfd.Categorical):
-  for _b in (distrax.Categorical, tfd.Categorical):
-    OVERRIDES[_a, _b] = _kl_categorical_categorical
-for _a in (distrax.Bernoulli, tfd.Bernoulli):
-  for _b in (distrax.Bernoulli, tfd.Bernoulli):
-    OVERRIDES[_a, _b] = _kl_bernoulli_bernoulli
-_SCALED_MVNS = (
-  distrax.MultivariateNormalTri,
-  distrax.MultivariateNormalDiag,
-  tfd.MultivariateNormalTriL,
-  tfd.MultivariateNormalDiag,
+
+
+def _override(types, rule) -> None:
+  """Makes `rule` klax's form for every ordered pair of `types`."""
+  for type_a in types:
+    for type_b in types:
+      OVERRIDES[type_a, type_b] = rule
+
+
+_override((distrax.Categorical, tfd.Categorical), _kl_categorical_categorical)
+_override((distrax.Bernoulli, tfd.Bernoulli), _kl_bernoulli_bernoulli)
+_override(
+  (
+    distrax.MultivariateNormalTri,
+    distrax.MultivariateNormalDiag,
+    tfd.MultivariateNormalTriL,
+    tfd.MultivariateNormalDiag,
+  ),
+  _kl_scaled_mvn,
 )
-for _a in _SCALED_MVNS:
-  for _b in _SCALED_MVNS:
-    OVERRIDES[_a, _b] = _kl_scaled_mvn
-for _a in (distrax.Beta, tfd.Beta):
-  for _b in (distrax.Beta, tfd.Beta):
-    OVERRIDES[_a, _b] = _kl_beta_beta
-for _a in (distrax.Gamma, tfd.Gamma):
-  for _b in (distrax.Gamma, tfd.Gamma):
-    OVERRIDES[_a, _b] = _kl_gamma_gamma
+_override((distrax.Beta, tfd.Beta), _kl_beta_beta)
+_override((distrax.Gamma, tfd.Gamma), _kl_gamma_gamma)
 
 
 def override(p, q):
