@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from klax import _checks
+from klax._series import exp_remainder
 
 PROBABILITY_TOLERANCE = 1e-4
 
@@ -318,20 +319,6 @@ def _refined_row(p_logits, q_logits, where, plain) -> jax.Array:
   e = jnp.expm1(-t)
   a, b = expect(exp_remainder(t, e)), expect(e)
   return jnp.where(near, a - (b - jnp.log1p(b)), plain)
-
-
-def exp_remainder(t, expm1_minus_t):
-  """e^{−t} − 1 + t ≥ 0 without cancellation.
-
-  Its Taylor series Σ_{k≥2} (−t)^k / k! for |t| < 1/4 (to t⁷: truncation below 1e-8 relative),
-  else t + expm1(−t) (relative error below 1e-6 there).
-  """
-  near = jnp.abs(t) < 0.25
-  small = jnp.where(near, t, 0.0)  # The series only where it converges fast (finite gradients).
-  series = 1 - small / 7
-  for k in (6, 5, 4, 3):
-    series = 1 - small / k * series
-  return jnp.where(near, small * small / 2 * series, t + expm1_minus_t)
 
 
 def entropy_logits(logits, axis: int = -1, *, where=None) -> jax.Array:

@@ -36,6 +36,8 @@ from tensorflow_probability.substrates import jax as tfp
 from klax import _checks
 from klax import _discrete
 from klax import _gaussian
+from klax._series import exp_remainder
+from klax._series import lgamma_remainder
 
 tfd = tfp.distributions
 
@@ -74,70 +76,11 @@ def _log_ratio(x: jax.Array, y: jax.Array) -> jax.Array:
 
 def _expm1_minus(delta: jax.Array) -> jax.Array:
   """e^δ − 1 − δ ≥ 0, accurate for small δ (its Taylor series for |δ| < 1/4)."""
-  return _discrete.exp_remainder(-delta, jnp.expm1(delta))
-
-
-def _alternating_series_remainder(u, coefficient, direct) -> jax.Array:
-  """u² Σ_{k≥2} coefficient(k) (−u)^(k−2) where |u| < 1/4, else `direct(u)`.
-
-  The series runs to k = 14 (truncation below 1e-8 relative); each branch sees only the u it is
-  taken for, so gradients stay finite in the other.
-  """
-  near = jnp.abs(u) < 0.25
-  small = jnp.where(near, u, 0.0)
-  series = jnp.zeros_like(small)
-  for k in range(14, 1, -1):  # Horner in −u.
-    series = coefficient(k) - small * series
-  return jnp.where(near, small * small * series, direct(jnp.where(near, 1.0, u)))
-
-
-def _log1p_remainder(u: jax.Array) -> jax.Array:
-  """The remainder u − log1p(u) = Σ_{k≥2} (−u)^k / k ≥ 0 (u > −1)."""
-  return _alternating_series_remainder(u, lambda k: 1.0 / k, lambda u: u - jnp.log1p(u))
-
-
-def _xlog1p_remainder(u: jax.Array) -> jax.Array:
-  """The remainder (1 + u) log1p(u) − u = Σ_{k≥2} (−u)^k / (k (k − 1)) ≥ 0 (u > −1)."""
-  return _alternating_series_remainder(
-    u, lambda k: 1.0 / (k * (k - 1)), lambda u: (1 + u) * jnp.log1p(u) - u
-  )
-
-
-_STIRLING_FROM = 100.0  # x from which `_lgamma_remainder` takes Stirling's series.
-
-
-def _lgamma_remainder(x: jax.Array, delta: jax.Array) -> jax.Array:
-  """The remainder log Γ(x + δ) − log Γ(x) − δ ψ(x) ≥ 0 (x > 0, x + δ > 0), exact for small δ.
-
-  For x < 1 it first steps to x + 1 (log Γ(x) = log Γ(x + 1) − log x, ψ(x) = ψ(x + 1) − 1/x),
-  which adds u − log1p(u), u = δ/x. Then, by the size of x and δ:
-  - x ≥ 100: Stirling's series, x A(u) + B(u) / 2 + u² / (12 x (1 + u)) with u = δ/x,
-    A(u) = (1 + u) log1p(u) − u, B(u) = u − log1p(u) (truncation below 1e-9 relative);
-  - |δ| ≤ x/8: the Taylor series Σ_{k=2..11} ψ^(k−1)(x) δ^k / k! (truncation below 1e-8);
-  - else the difference itself (no cancellation to speak of: the remainder is then ≳ x/128).
-  """
-  shift = x < 1.0
-  extra = _log1p_remainder(jnp.where(shift, delta / jnp.where(shift, x, 1.0), 0.0))  # 0 if not.
-  x = jnp.where(shift, x + 1.0, x)
-  large = x >= _STIRLING_FROM
-  u = delta / x
-  stirling = x * _xlog1p_remainder(u) + _log1p_remainder(u) / 2 + u * u / (12 * x * (1 + u))
-  near = (jnp.abs(delta) <= x / 8) & ~large
-  small = jnp.where(near, delta, 0.0)
-  moderate = jnp.where(large, 1.0, x)  # The Taylor series and the difference: x < 100 only.
-  series, power = jnp.zeros_like(x), small
-  for k in range(2, 12):
-    power = power * small / k  # δ^k / k!
-    series = series + jax.scipy.special.polygamma(k - 1, moderate) * power
-  far = jnp.where(near | large, 1.0, delta)
-  direct = (
-    jax.lax.lgamma(moderate + far) - jax.lax.lgamma(moderate) - far * jax.lax.digamma(moderate)
-  )
-  return extra + jnp.where(large, stirling, jnp.where(near, series, direct))
+  return exp_remainder(-delta, jnp.expm1(delta))
 
 
 def _kl_beta_beta(a, b, name=None):
-  """KL = R(α₁, α₂ − α₁) + R(β₁, β₂ − β₁) − R(α₁ + β₁, α₂ + β₂ − α₁ − β₁), R = `_lgamma_remainder`.
+  """KL = R(α₁, α₂ − α₁) + R(β₁, β₂ − β₁) − R(α₁ + β₁, α₂ + β₂ − α₁ − β₁), R = `lgamma_remainder`.
 
   The textbook form log B(α₂, β₂) − log B(α₁, β₁) + (α₁ − α₂)ψ(α₁) + … is a sum of O(1) terms
   that cancel to O(δ²) when the two are close (float32 gives −1e-6 where the KL is 1e-12).
@@ -146,9 +89,9 @@ def _kl_beta_beta(a, b, name=None):
   alpha_a, beta_a, alpha_b, beta_b = _beta_concentrations(a) + _beta_concentrations(b)
   delta_alpha, delta_beta = alpha_b - alpha_a, beta_b - beta_a  # Exact when close (Sterbenz).
   return (
-    _lgamma_remainder(alpha_a, delta_alpha)
-    + _lgamma_remainder(beta_a, delta_beta)
-    - _lgamma_remainder(alpha_a + beta_a, delta_alpha + delta_beta)
+    lgamma_remainder(alpha_a, delta_alpha)
+    + lgamma_remainder(beta_a, delta_beta)
+    - lgamma_remainder(alpha_a + beta_a, delta_alpha + delta_beta)
   )
 
 
@@ -161,14 +104,14 @@ def _beta_concentrations(d) -> tuple[jax.Array, jax.Array]:
 def _kl_gamma_gamma(a, b, name=None):
   """KL = R(α₁, α₂ − α₁) + α₁ (e^ρ − 1 − ρ) − (α₂ − α₁) ρ, ρ = log(rate₂ / rate₁).
 
-  (Shape α, rate; R = `_lgamma_remainder`.) The same quantity as TFP's form, without its
+  (Shape α, rate; R = `lgamma_remainder`.) The same quantity as TFP's form, without its
   cancellation between O(1) terms when the two are close.
   """
   del name
   (shape_a, rate_a), (shape_b, rate_b) = _gamma_parameters(a), _gamma_parameters(b)
   rho = _log_ratio(rate_b, rate_a)
   delta = shape_b - shape_a
-  return _lgamma_remainder(shape_a, delta) + shape_a * _expm1_minus(rho) - delta * rho
+  return lgamma_remainder(shape_a, delta) + shape_a * _expm1_minus(rho) - delta * rho
 
 
 def _gamma_parameters(d) -> tuple[jax.Array, jax.Array]:
