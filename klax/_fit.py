@@ -69,8 +69,8 @@ class FitResult(NamedTuple):
 
 
 class _State(NamedTuple):
-  params: Any
-  previous_params: Any  # The parameters one step back: their loss was finite.
+  params: Any  # θₜ; frozen at the step where the fit diverged.
+  previous_params: Any  # θₜ₋₁: the parameters one step back, whose loss was finite.
   opt_state: Any
   diverged_at: jax.Array
 
@@ -90,15 +90,13 @@ def _step(loss, optimizer, variance_draws, record, state: _State, key, step_inde
   Returns the new state and the record `(loss value, gradient variance or None)`. With `record`
   False the record is (None, None) and the loss is left out of the finiteness test, so that XLA
   drops its computation when the optimiser does not use it (Adam, SGD: it costs about a quarter
-  of a step); gradients and parameters are still checked every step.
+  of a step); gradients and parameters are still checked every step. A fit that diverges at
+  step t keeps θₜ and θₜ₋₁ from then on; `_final_params` returns θₜ₋₁, the last parameters whose
+  loss and gradient were finite. (Stepping back inside the step instead, a three-way select per
+  parameter, made XLA's CPU loop 12% slower on a forward-KL fit of 10,000 points.)
   """
   step_key = jax.random.fold_in(key, step_index)
   value, grads = jax.value_and_grad(loss)(state.params, step_key)
-  return _update(loss, optimizer, variance_draws, record, state, step_key, step_index, value, grads)
-
-
-def _update(loss, optimizer, variance_draws, record, state, step_key, step_index, value, grads):
-  """The rest of `_step`, given the loss value and gradient at `state.params`."""
   updates, opt_state = optimizer.update(
     grads,
     state.opt_state,
@@ -113,14 +111,11 @@ def _update(loss, optimizer, variance_draws, record, state, step_key, step_index
     finite &= jnp.isfinite(value)
   running = state.diverged_at < 0
   apply = finite & running
-  diverges_now = running & ~finite
-  # On divergence, step back to the last parameters whose loss was finite (the start at step 0).
-  kept = _select(diverges_now, state.previous_params, state.params)
   new_state = _State(
-    params=_select(apply, params, kept),
+    params=_select(apply, params, state.params),
     previous_params=_select(apply, state.params, state.previous_params),
     opt_state=_select(apply, opt_state, state.opt_state),
-    diverged_at=jnp.where(diverges_now, step_index, state.diverged_at).astype(jnp.int32),
+    diverged_at=jnp.where(running & ~finite, step_index, state.diverged_at).astype(jnp.int32),
   )
   if not record:
     return new_state, (None, None)
@@ -130,6 +125,11 @@ def _update(loss, optimizer, variance_draws, record, state, step_key, step_index
     variance = gradient_variance(loss, state.params, variance_key, variance_draws)
     variance = jnp.where(running, variance, jnp.nan)
   return new_state, (jnp.where(running, value, jnp.nan), variance)  # NaN once frozen.
+
+
+def _final_params(state: _State):
+  """The fit's parameters: θ at the end, or, if it diverged, the last ones with a finite loss."""
+  return _select(state.diverged_at >= 0, state.previous_params, state.params)
 
 
 _PROGRESS: dict[str, Any] = {"bar": None, "offset": 0}
@@ -190,7 +190,8 @@ def _fit(loss, params, optimizer, key, num_steps, trace_every, progress, varianc
   state, (losses, variances) = _run(
     step, _init_state(optimizer, params), key, num_steps, trace_every, progress
   )
-  return FitResult(state.params, losses, state.diverged_at, variances, _never(state.diverged_at))
+  params = _final_params(state)
+  return FitResult(params, losses, state.diverged_at, variances, _never(state.diverged_at))
 
 
 def _never(diverged_at) -> jax.Array:
@@ -220,7 +221,8 @@ def _fit_chunk(
   state = jax.vmap(functools.partial(_init_state, optimizer))(params_batch)
   state, records = _run(batched_step, state, member_keys, num_steps, trace_every, progress)
   losses, variances = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), records)
-  return FitResult(state.params, losses, state.diverged_at, variances, _never(state.diverged_at))
+  params = jax.vmap(_final_params)(state)
+  return FitResult(params, losses, state.diverged_at, variances, _never(state.diverged_at))
 
 
 class _StoppingRule(NamedTuple):
@@ -271,9 +273,10 @@ def _fit_until(loss, optimizer, rule, num_steps, trace_every, params, key) -> Fi
   Step t evaluates fₜ = loss(θₜ, kₜ) and ∇fₜ (or takes them from the line search's state, see
   `_value_and_grad`). If the rule is met it stops there and keeps θₜ; if fₜ, ∇fₜ or θₜ₊₁ is not
   finite it stops at the last parameters whose loss and gradient were finite (θₜ₋₁), as `_step`
-  does; otherwise it takes the optimiser's step. Either way the loop ends, so only the parameters
-  are selected: the optimiser's state of a stopped fit is never used again (one `select` per
-  parameter instead of three per leaf of the optimiser's state: a tenth less to compile).
+  with `_final_params` does; otherwise it takes the optimiser's step. Either way the loop ends,
+  so only the parameters are selected: the optimiser's state of a stopped fit is never used again
+  (one `select` per parameter instead of three per leaf of the optimiser's state: a tenth less
+  to compile).
   """
 
   def body(carry: _UntilState) -> _UntilState:

@@ -76,6 +76,9 @@ def test_divergence_throughput_harness(tmp_path):
   assert {r["logit_noise"] for r in logits} == {0.3, 1e-3}
   # klax is exact against float64 also where p ≈ q (the hand formula is not checked: it is not).
   assert all(r["max_relative_error"] < 1e-4 for r in logits if r["method"].startswith("klax"))
+  ceilings = [r for r in payload["rows"] if r["case"] == "logits_exponential_ceiling"]
+  assert [r["batch"] for r in ceilings] == sorted({r["batch"] for r in logits})
+  assert all(r["seconds"] > 0 and r["fraction_of_bandwidth"] > 0 for r in ceilings)
   assert any(row["case"] == "knn" for row in payload["rows"])
   mvn = [r for r in payload["rows"] if r["case"] == "mvn" and "first_values" in r]
   by_d = {}

@@ -7,7 +7,9 @@
    were seen to deadlock, and a hung case is recorded as such instead of stopping the run.
 2. Per-token KL of two language models, `klax.kl_divergence_logits` over (batch, 32,000) logits,
    against the hand-written `softmax · (log_softmax − log_softmax)` formula, in GB/s of logits read
-   and as a fraction of this machine's measured memory bandwidth (a jitted sum over 1 GiB).
+   and as a fraction of this machine's measured memory bandwidth (a jitted sum over 1 GiB); beside
+   them, the same batch's exponential ceiling: the time XLA takes for one exponential of every
+   logit of p and of q (summed per row), the least work any formula that gives the exact KL does.
 3. `klax.kl_divergence_knn` for n = 1,000 … 100,000 points in 2-D, against scipy's cKDTree.
 
 Prints a table and writes JSON (machine, device, versions). Run:
@@ -132,6 +134,36 @@ def memory_bandwidth() -> float:
   return array.nbytes / seconds / 1e9
 
 
+def _two_exponentials(p_logits, q_logits):
+  """Σ e^a + Σ e^b per row: each logit read once and exponentiated once, nothing else."""
+  return jnp.sum(jnp.exp(p_logits), axis=-1) + jnp.sum(jnp.exp(q_logits), axis=-1)
+
+
+def exponential_ceiling_row(p_logits, q_logits, bandwidth: float) -> dict:
+  """How fast this machine exponentiates a batch of logits: a ceiling for any exact logits KL.
+
+  KL(softmax a ‖ softmax b) needs Σ e^(a − max a) and Σ e^(b − max b), so every formula that
+  computes it exactly takes at least one exponential per logit of p and one per logit of q.
+  Where this row's GB/s is below the memory bandwidth, the exponentials, not memory, set the
+  limit (and no formula of the KL can reach a larger fraction of the bandwidth than this).
+  """
+  seconds = _best_time(jax.jit(_two_exponentials), p_logits, q_logits)
+  rate = (p_logits.nbytes + q_logits.nbytes) / seconds / 1e9
+  batch = p_logits.shape[0]
+  print(
+    f"  B={batch:<6} two exponentials per outcome (ceiling) {seconds * 1e3:9.2f} ms  "
+    f"{rate:7.2f} GB/s  {rate / bandwidth:6.1%} of bandwidth"
+  )
+  return {
+    "case": "logits_exponential_ceiling",
+    "method": "one exponential per logit of p and of q",
+    "batch": batch,
+    "seconds": seconds,
+    "gb_per_s": rate,
+    "fraction_of_bandwidth": rate / bandwidth,
+  }
+
+
 def logits_rows(batches, bandwidth: float) -> list[dict]:
   import klax
 
@@ -153,6 +185,8 @@ def logits_rows(batches, bandwidth: float) -> list[dict]:
       p_logits = 3.0 * jax.random.normal(key_p, (batch, VOCABULARY))
       q_logits = p_logits + noise * jax.random.normal(key_q, (batch, VOCABULARY))
       exact = _kl_float64(np.asarray(p_logits[:4]), np.asarray(q_logits[:4]))
+      if noise == 0.3:
+        rows.append(exponential_ceiling_row(p_logits, q_logits, bandwidth))
       for name, fn in methods.items():
         seconds = _best_time(fn, p_logits, q_logits)
         error = np.max(np.abs(np.asarray(fn(p_logits[:4], q_logits[:4])) / exact - 1))
