@@ -84,6 +84,14 @@ def _select(condition, new, old):
   return jax.tree.map(lambda a, b: jnp.where(condition, a, b), new, old)
 
 
+def _apply_optimizer(loss, optimizer, params, opt_state, step_key, value, grads):
+  """θₜ₊₁ and the optimiser's new state; a line search gets fₜ, ∇fₜ and loss(·, kₜ) itself."""
+  updates, opt_state = optimizer.update(
+    grads, opt_state, params, value=value, grad=grads, value_fn=lambda p: loss(p, step_key)
+  )
+  return optax.apply_updates(params, updates), opt_state
+
+
 def _step(loss, optimizer, variance_draws, record, state: _State, key, step_index):
   """One optimiser step for one fit; frozen once the fit has diverged.
 
@@ -97,15 +105,9 @@ def _step(loss, optimizer, variance_draws, record, state: _State, key, step_inde
   """
   step_key = jax.random.fold_in(key, step_index)
   value, grads = jax.value_and_grad(loss)(state.params, step_key)
-  updates, opt_state = optimizer.update(
-    grads,
-    state.opt_state,
-    state.params,
-    value=value,
-    grad=grads,
-    value_fn=lambda p: loss(p, step_key),
+  params, opt_state = _apply_optimizer(
+    loss, optimizer, state.params, state.opt_state, step_key, value, grads
   )
-  params = optax.apply_updates(state.params, updates)
   finite = _all_finite(grads) & _all_finite(params)
   if record:
     finite &= jnp.isfinite(value)
@@ -283,15 +285,9 @@ def _fit_until(loss, optimizer, rule, num_steps, trace_every, params, key) -> Fi
     step_key = jax.random.fold_in(key, carry.step)
     value, grads = _value_and_grad(loss, carry.params, step_key, carry.opt_state)
     met = rule.met(carry.value, value, grads)
-    updates, opt_state = optimizer.update(
-      grads,
-      carry.opt_state,
-      carry.params,
-      value=value,
-      grad=grads,
-      value_fn=lambda p: loss(p, step_key),
+    params, opt_state = _apply_optimizer(
+      loss, optimizer, carry.params, carry.opt_state, step_key, value, grads
     )
-    params = optax.apply_updates(carry.params, updates)
     diverges = ~met & ~(_all_finite(grads) & _all_finite(params) & jnp.isfinite(value))
     kept = _select(diverges, carry.previous_params, carry.params)
     records = ((carry.step + 1) % trace_every == 0) & ~met
