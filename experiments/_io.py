@@ -1,20 +1,37 @@
-"""Shared output helpers for experiments: provenance and atomic writes."""
+"""Experiment outputs: provenance, JSON, atomic writes, and the signal handling around them.
+
+Every output file is written to a temporary file in its own folder (`.NAME.klax-XXXX.tmp`),
+fsynced, and renamed over `NAME` (os.replace), so a reader never sees a partial file; the
+temporary file is removed on any error or interruption.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 import os
 import platform
+import signal
 import tempfile
+import threading
 from importlib import metadata
 from pathlib import Path
 
-import jax
+TEMP = ".klax-"  # In the name of every temporary file: `.NAME.klax-XXXX.tmp`.
+
+
+class OutputError(SystemExit):
+  """An output folder that cannot be used or written: exits with status 1 and the message."""
+
+
+class Terminated(SystemExit):
+  """What SIGTERM raises under `terminate_raises`: exit status 143 (128 + SIGTERM)."""
 
 
 def provenance() -> dict:
   """Library versions and the device the run used."""
+  import jax
+
   versions = {}
   for package in ("jax", "jaxlib", "optax", "distrax", "chex", "tfp-nightly", "numpy", "scipy"):
     try:
@@ -30,28 +47,9 @@ def provenance() -> dict:
   }
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-  """Writes JSON to a temporary file beside `path`, then renames it into place.
-
-  An interruption (Ctrl-C, a crash, a value that cannot be serialised) leaves the previous
-  `path` intact and no temporary file behind.
-  """
-  path.parent.mkdir(parents=True, exist_ok=True)
-  handle = tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp")
-  try:
-    with handle:
-      json.dump(payload, handle, indent=2, default=_to_json)
-    os.chmod(handle.name, 0o666 & ~_umask())  # The mode a plain open() would give, not 0600.
-    os.replace(handle.name, path)
-  except BaseException:
-    Path(handle.name).unlink(missing_ok=True)
-    raise
-
-
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
+def json_bytes(payload) -> bytes:
+  """`payload` as indented JSON (NaN and ±inf as JSON5's NaN/Infinity, which json reads back)."""
+  return json.dumps(payload, indent=2, default=_to_json).encode()
 
 
 def _to_json(value):
@@ -61,61 +59,136 @@ def _to_json(value):
   raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def config_dict(config) -> dict:
-  return dataclasses.asdict(config)
+# The file-system calls that change a file: every output goes through these (fault-injection tests
+# replace them to fail or be interrupted at each one in turn).
+def _write_all(fd: int, data: bytes) -> None:
+  view = memoryview(data)
+  while view:
+    view = view[os.write(fd, view) :]
 
 
-def recorded_run(path: Path, name: str, seed) -> dict:
-  """A results.json to repeat: it must be this experiment's and use this script's seed."""
-  recorded = json.loads(path.read_text())
-  if recorded.get("experiment") != name:
-    raise SystemExit(f"{path} records experiment {recorded.get('experiment')!r}, not {name!r}.")
-  if recorded.get("key_seed") != seed:
-    raise SystemExit(
-      f"{path} was run with seed {recorded.get('key_seed')}; this script's SEED is {seed}."
-    )
-  return recorded
+def _fsync(fd: int) -> None:
+  os.fsync(fd)
 
 
-def config_from_dict(config_class, values: dict, out: str):
-  """The dataclass config recorded in results.json (JSON lists back to tuples), writing to `out`."""
-  defaults = config_class()
-  fields = {}
-  for field in dataclasses.fields(config_class):
-    if field.name in values:
-      value = values[field.name]
-      fields[field.name] = (
-        tuple(value) if isinstance(getattr(defaults, field.name), tuple) else value
-      )
-  return config_class(**{**fields, "out": out})
+def _replace(source: Path, target: Path) -> None:
+  os.replace(source, target)
 
 
-def differences(recorded, repeated, path: str = "results") -> list[str]:
-  """Paths where two JSON trees differ (wall times, which never repeat, are ignored)."""
-  if isinstance(recorded, dict) and isinstance(repeated, dict):
-    keys = (set(recorded) | set(repeated)) - {"wall_time_s"}
-    return [
-      d for k in sorted(keys) for d in differences(recorded.get(k), repeated.get(k), f"{path}.{k}")
-    ]
-  if isinstance(recorded, list) and isinstance(repeated, list) and len(recorded) == len(repeated):
-    return [
-      d
-      for i, (a, b) in enumerate(zip(recorded, repeated, strict=True))
-      for d in differences(a, b, f"{path}[{i}]")
-    ]
-  return [] if recorded == repeated else [f"{path}: {recorded!r} then {repeated!r}"]
+def _link(source: Path, target: Path) -> None:
+  os.link(source, target)
 
 
-def check_reproduced(recorded: dict, results: dict) -> None:
-  """Compares a repeated run's results with the recorded ones; exits non-zero if any differ."""
-  repeated = json.loads(json.dumps(results, default=_to_json))
-  found = differences(recorded["results"], repeated)
-  now = provenance()
-  if recorded.get("versions") != now["versions"]:
-    print(
-      f"note: versions differ from the recorded run: {recorded.get('versions')} vs {now['versions']}"
-    )
-  if found:
-    listing = "\n  ".join(found[:20])
-    raise SystemExit(f"not reproduced: {len(found)} value(s) differ:\n  {listing}")
-  print("reproduced: every recorded number is identical")
+def umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+def temp_beside(path: Path) -> tuple[int, Path]:
+  fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TEMP}", suffix=".tmp")
+  return fd, Path(name)
+
+
+def stage_bytes(path: Path, data: bytes) -> Path:
+  """Writes `data` to a new fsynced temporary file beside `path` (the mode a plain open() gives,
+  not mkstemp's 0600) and returns its path; removes it if anything fails or interrupts."""
+  fd, temp = temp_beside(path)
+  try:
+    try:
+      _write_all(fd, data)
+      os.fchmod(fd, 0o666 & ~umask())
+      _fsync(fd)
+    finally:
+      os.close(fd)
+  except BaseException:
+    temp.unlink(missing_ok=True)
+    raise
+  return temp
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+  """Replaces `path` by `data` in one rename: an interruption or error (a full disk) leaves the
+  previous `path` intact and no temporary file behind."""
+  temp = stage_bytes(path, data)
+  try:
+    _replace(temp, path)
+  except BaseException:
+    temp.unlink(missing_ok=True)
+    raise
+  fsync_folder(path.parent)
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+  """`json_bytes(payload)` into `path` (its folder created), by `write_bytes_atomic`."""
+  data = json_bytes(payload)  # A value that cannot be serialised fails before any file exists.
+  path.parent.mkdir(parents=True, exist_ok=True)
+  write_bytes_atomic(path, data)
+
+
+def fsync_folder(folder: Path) -> None:
+  """Makes the renames in `folder` durable (best effort: some file systems refuse a folder)."""
+  with contextlib.suppress(OSError):
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+      _fsync(fd)
+    finally:
+      os.close(fd)
+
+
+def _in_main_thread() -> bool:
+  return threading.current_thread() is threading.main_thread()
+
+
+def _raise_terminated(signum, frame):
+  raise Terminated(128 + signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def terminate_raises():
+  """Inside the block SIGTERM raises `Terminated`, so cleanup (`finally`, `with`) runs, instead of
+  ending the process at once; only where SIGTERM has its default action, in the main thread."""
+  installed = _in_main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+  if installed:
+    signal.signal(signal.SIGTERM, _raise_terminated)
+  try:
+    yield
+  finally:
+    if installed:
+      signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def signals_held():
+  """SIGINT and SIGTERM that arrive inside the block take effect (their handlers run) at its end.
+
+  Python handlers, not a blocked signal mask: JAX's threads would still take a masked signal.
+  """
+  previous = {}
+  if _in_main_thread():
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: h for s, h in previous.items() if h is not None and h != signal.SIG_IGN}
+  pending = []
+  for number in previous:
+    signal.signal(number, lambda signum, frame: pending.append(signum))
+  try:
+    yield
+  finally:
+    for number, handler in previous.items():
+      signal.signal(number, handler)
+    for number in dict.fromkeys(pending):
+      handler = previous[number]
+      if callable(handler):
+        handler(number, None)
+      else:  # SIG_DFL: the default action, now.
+        os.kill(os.getpid(), number)
+
+
+def rescue(name: str, payload: dict) -> str:
+  """Saves a run's results.json in a new temporary folder; says where (or why it could not)."""
+  try:
+    folder = Path(tempfile.mkdtemp(prefix=f"klax-{name}-"))
+    write_bytes_atomic(folder / "results.json", json_bytes(payload))
+  except Exception as error:
+    return f"The results could not be saved elsewhere either ({error})."
+  return f"The results are saved in {folder / 'results.json'}."

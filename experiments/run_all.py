@@ -12,6 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # Run as a script: make the `experiments` package importable.
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments import _folder
+from experiments import _io
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = (
   "forward_vs_reverse",
@@ -26,17 +32,26 @@ EXPERIMENTS = (
 
 
 def run_one(name: str, out: Path, quick: bool) -> float:
-  """Runs one experiment's command line; returns its wall time."""
+  """Runs one experiment's command line; returns its wall time. Exits if it fails; stops it
+  (SIGTERM, which lets it remove its temporary files) if this process is interrupted."""
   command = [sys.executable, str(ROOT / "experiments" / f"{name}.py"), "--out", str(out / name)]
   if quick:
     command.append("--quick")
   start = time.perf_counter()
-  subprocess.run(command, check=True, cwd=ROOT)
+  process = subprocess.Popen(command, cwd=ROOT)
+  try:
+    status = process.wait()
+  except BaseException:
+    process.terminate()
+    process.wait(timeout=60)
+    raise
+  if status != 0:
+    raise SystemExit(f"experiment {name} failed (exit status {status}); report.md not written.")
   return time.perf_counter() - start
 
 
-def write_report(out: Path, names, wall_times: dict) -> Path:
-  """`report.md`: every experiment's key table and figures, the seeds' numbers beside klax's."""
+def report(out: Path, names, wall_times: dict) -> str:
+  """`report.md`'s text: every experiment's key table and figures, the seeds' numbers beside klax's."""
   lines = ["# klax experiments", ""]
   for name in names:
     folder = out / name
@@ -44,9 +59,7 @@ def write_report(out: Path, names, wall_times: dict) -> Path:
     lines += [(folder / "table.md").read_text().strip(), ""]
     for figure in sorted(folder.glob("*.png")):
       lines += [f"![{name}: {figure.stem}]({name}/{figure.name})", ""]
-  report = out / "report.md"
-  report.write_text("\n".join(lines))
-  return report
+  return "\n".join(lines)
 
 
 def main(argv=None) -> Path:
@@ -64,12 +77,15 @@ def main(argv=None) -> Path:
   out = Path(args.out)
   from tqdm.auto import tqdm
 
-  wall_times = {}
-  for name in tqdm(names, desc="experiments", unit="experiment"):
-    wall_times[name] = run_one(name, out, args.quick)
-  report = write_report(out, names, wall_times)
-  print(f"wrote {report}")
-  return report
+  # The folder is checked (and locked against a second runner) before any experiment runs.
+  with _io.terminate_raises(), _folder.OutputFolder(out) as folder:
+    wall_times = {}
+    for name in tqdm(names, desc="experiments", unit="experiment"):
+      wall_times[name] = run_one(name, out, args.quick)
+    folder.stage("report.md", report(out, names, wall_times).encode())
+    folder.commit()
+  print(f"wrote {out / 'report.md'}")
+  return out / "report.md"
 
 
 if __name__ == "__main__":

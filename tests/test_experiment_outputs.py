@@ -32,8 +32,9 @@ def test_results_file_gets_the_usual_permissions(tmp_path):
   assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
 
 
-def test_interrupted_run_leaves_earlier_results_intact(tmp_path):
-  previous = {"experiment": "earlier run"}
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_leaves_earlier_results_intact(tmp_path, signum):
+  previous = {"experiment": "mode_seeking_phase", "results": "an earlier run's"}
   (tmp_path / "results.json").write_text(json.dumps(previous))
   env = {**os.environ, "PYTHONPATH": str(ROOT)}
   script = str(ROOT / "experiments" / "mode_seeking_phase.py")
@@ -43,15 +44,20 @@ def test_interrupted_run_leaves_earlier_results_intact(tmp_path):
     [sys.executable, script, "--out", str(tmp_path)],
     env=env,
     stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
   )
   time.sleep(8)  # Past the imports, inside the (full-size, minutes-long) run.
   assert process.poll() is None, "the run must still be going when it is interrupted"
-  process.send_signal(signal.SIGINT)  # Ctrl-C.
-  assert process.wait(timeout=120) != 0
+  assert (tmp_path / ".klax.lock").exists()  # The run holds the folder's lock.
+  process.send_signal(signum)  # Ctrl-C, or `kill`.
+  _, stderr = process.communicate(timeout=120)
+  if signum == signal.SIGTERM:  # Cleanup ran: SIGTERM raised, exit status 128 + 15, no traceback.
+    assert process.returncode == 143 and b"Traceback" not in stderr
+  else:
+    assert process.returncode != 0
   assert json.loads((tmp_path / "results.json").read_text()) == previous
-  assert not list(tmp_path.glob("*.tmp"))
+  assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # No temporary or lock file.
 
 
 def _experiment(args, cwd):
