@@ -1,4 +1,4 @@
-"""The command line every experiment shares: --quick, --out, --repeat; results.json, table.md, figures.
+"""The command line every experiment shares (--quick, --out, --repeat) and the files it writes.
 
 What a user sees when something goes wrong (exit status 1 and one message unless stated):
 
@@ -10,10 +10,12 @@ What a user sees when something goes wrong (exit status 1 and one message unless
 - The disk fills up (or any other write error) after the run: "NAME: the run finished but its
   outputs could not be written to DIR: ... The folder keeps its previous outputs. The results are
   saved in /tmp/klax-NAME-XXXX/results.json." The key table was printed before the writing began.
-- Ctrl-C (SIGINT, exit status 130 with a traceback) or SIGTERM (exit status 143, no traceback) at
-  any moment: the folder keeps its previous outputs if the signal came before all files were
-  written, and holds the new ones (the signal then takes effect) if it came while they were
-  being renamed into place.
+- A table or plot function that raises: its traceback, with a note that no output was written
+  and where the results are saved.
+- Ctrl-C (SIGINT: KeyboardInterrupt, with a traceback) or SIGTERM (exit status 143, no traceback) at
+  any moment (during a compiled JAX computation, when it returns): the folder keeps its previous
+  outputs if the signal came before all files were written, and holds the new ones (the signal
+  then takes effect) if it came while they were being renamed into place.
 - `--repeat FILE` with a damaged or foreign record: "--repeat FILE: is not valid JSON (...)",
   "... has no "results" entry", "... its config lacks field(s) [...]", and so on; checked before
   the run. A repeated run whose numbers differ: "not reproduced: N value(s) differ" with their
@@ -21,7 +23,9 @@ What a user sees when something goes wrong (exit status 1 and one message unless
 
 In every case the folder holds either the previous run's complete outputs or the new run's
 (results.json first, then table.md, then the figures, all renamed in one step), never a mix, a
-truncated file, or a temporary file (`.NAME.klax-XXXX.tmp`), and the lock file is removed.
+truncated file, or a temporary file (`.NAME.klax-XXXX.tmp`), and the lock file is removed. (Only
+SIGKILL or a crash of the machine can leave temporary files; the next run into the folder removes
+them. Should putting an old file back itself fail, that file is kept as `.NAME.klax-backup`.)
 """
 
 from __future__ import annotations
@@ -127,7 +131,7 @@ def pyplot():
 
 
 def save(fig, path: Path) -> None:
-  """Lays out, writes (PNG, 120 dpi; atomically: see `_io.write_bytes_atomic`) and closes a figure."""
+  """Lays out, writes (PNG, 120 dpi, by `_io.write_bytes_atomic`) and closes a figure."""
   import matplotlib.pyplot as plt
 
   fig.tight_layout()

@@ -187,8 +187,9 @@ def signals_held():
 def rescue(name: str, payload: dict) -> str:
   """Saves a run's results.json in a new temporary folder; says where (or why it could not)."""
   try:
+    data = json_bytes(payload)
     folder = Path(tempfile.mkdtemp(prefix=f"klax-{name}-"))
-    write_bytes_atomic(folder / "results.json", json_bytes(payload))
+    write_bytes_atomic(folder / "results.json", data)
   except Exception as error:
     return f"The results could not be saved elsewhere either ({error})."
   return f"The results are saved in {folder / 'results.json'}."

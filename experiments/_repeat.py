@@ -147,9 +147,8 @@ def check_reproduced(recorded: dict, results: dict) -> None:
   found = differences(recorded["results"], repeated)
   now = _io.provenance()
   if recorded.get("versions") != now["versions"]:
-    print(
-      f"note: versions differ from the recorded run: {recorded.get('versions')} vs {now['versions']}"
-    )
+    then = recorded.get("versions")
+    print(f"note: versions differ from the recorded run: {then} vs {now['versions']}")
   if found:
     listing = "\n  ".join(found[:20])
     raise SystemExit(f"not reproduced: {len(found)} value(s) differ:\n  {listing}")

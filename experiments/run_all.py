@@ -1,7 +1,11 @@
-"""Runs the experiments (all, or the ones named) and writes `report.md` with their tables and figures.
+"""Runs the experiments (all, or the ones named); writes `report.md` with their tables and figures.
 
 Each experiment runs in its own process (some enable float64 for the whole process, as the seeds'
 scipy computations are float64). Run: python -m experiments [--quick] [--out DIR] [NAME ...]
+
+`--out` is checked and locked before the first experiment runs (as each experiment's own folder,
+`DIR/NAME`, is by its script: see `experiments._cli`); the first experiment that fails stops the
+runner with its name and exit status, and report.md is written (atomically) only when all succeed.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ def run_one(name: str, out: Path, quick: bool) -> float:
 
 
 def report(out: Path, names, wall_times: dict) -> str:
-  """`report.md`'s text: every experiment's key table and figures, the seeds' numbers beside klax's."""
+  """`report.md`'s text: each experiment's key table and figures (seeds' numbers beside klax's)."""
   lines = ["# klax experiments", ""]
   for name in names:
     folder = out / name

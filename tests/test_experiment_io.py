@@ -282,22 +282,3 @@ def test_a_failing_plot_keeps_the_old_outputs_and_saves_the_results(outputs, cap
   assert "no output was written" in note and "| 2 |" in capsys.readouterr().out
   rescued = Path(note.split("The results are saved in ")[1].rstrip("."))
   assert json.loads(rescued.read_text())["results"]["value"] == 2
-
-
-def test_real_figures_are_written_whole_with_the_usual_permissions(tmp_path):
-  plt = _cli.pyplot()
-
-  def plot(results, path):
-    fig, ax = plt.subplots(figsize=(1, 1))
-    ax.plot([0, results["value"]])
-    _cli.save(fig, path)
-
-  fake = Fake(2)
-  fake.plot = plot
-  fake.main(tmp_path / "out")
-  figure = tmp_path / "out" / "tiny.png"
-  assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.read_bytes()[-8:-4] == b"IEND"
-  (tmp_path / "plain").write_text("")
-  for name in ("tiny.png", "results.json", "table.md"):
-    mode = (tmp_path / "out" / name).stat().st_mode & 0o777
-    assert mode == (tmp_path / "plain").stat().st_mode & 0o777, name

@@ -1,5 +1,6 @@
-"""Experiment outputs on real small and read-only file systems (tmpfs mounts; skipped where this
-process may not mount): the folder keeps its old outputs, byte for byte, and says why."""
+"""Experiment outputs on real file systems: small and read-only tmpfs mounts (skipped where this
+process may not mount), where the folder keeps its old outputs, byte for byte, and says why; real
+matplotlib figures."""
 
 import json
 import os
@@ -10,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_experiment_io import Fake
 from test_experiment_io import _deterministic  # noqa: F401  (the autouse fixture)
 from test_experiment_io import snapshot
+
+from experiments import _cli
 
 
 @pytest.fixture
@@ -87,3 +91,22 @@ def test_a_read_only_file_system_is_refused_before_the_run(tmpfs):
     message = str(error.value.code)
     assert fake.calls == 0 and f"{out} {what} (Read-only file system)" in message
   assert snapshot(disk / "out") == old and not (disk / "new").exists()
+
+
+def test_real_figures_are_written_whole_with_the_usual_permissions(tmp_path):
+  plt = _cli.pyplot()
+
+  def plot(results, path):
+    fig, ax = plt.subplots(figsize=(1, 1))
+    ax.plot([0, results["value"]])
+    _cli.save(fig, path)
+
+  fake = Fake(2)
+  fake.plot = plot
+  fake.main(tmp_path / "out")
+  figure = tmp_path / "out" / "tiny.png"
+  assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.read_bytes()[-8:-4] == b"IEND"
+  (tmp_path / "plain").write_text("")
+  for name in ("tiny.png", "results.json", "table.md"):
+    mode = (tmp_path / "out" / name).stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain").stat().st_mode & 0o777, name

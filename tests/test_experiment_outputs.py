@@ -1,4 +1,5 @@
-"""Experiment outputs are written atomically: an interrupted run never leaves half a results.json."""
+"""Experiment outputs are written atomically: an interrupted run never leaves half a results.json;
+--repeat reruns a recorded run."""
 
 import json
 import os
@@ -47,9 +48,11 @@ def test_interrupted_run_leaves_earlier_results_intact(tmp_path, signum):
     stderr=subprocess.PIPE,
     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
   )
-  time.sleep(8)  # Past the imports, inside the (full-size, minutes-long) run.
+  deadline = time.monotonic() + 120
+  while not (tmp_path / ".klax.lock").exists() and time.monotonic() < deadline:
+    time.sleep(0.05)  # The lock is taken after the imports, just before the run.
+  time.sleep(0.5)  # Inside the (full-size, minute-long) run.
   assert process.poll() is None, "the run must still be going when it is interrupted"
-  assert (tmp_path / ".klax.lock").exists()  # The run holds the folder's lock.
   process.send_signal(signum)  # Ctrl-C, or `kill`.
   _, stderr = process.communicate(timeout=120)
   if signum == signal.SIGTERM:  # Cleanup ran: SIGTERM raised, exit status 128 + 15, no traceback.
