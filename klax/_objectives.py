@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import logsumexp
 
 from klax import _checks
+from klax import _variational
 from klax._monte_carlo import Estimate
 from klax._monte_carlo import mean_and_stderr
 from klax._monte_carlo import sample_and_log_prob
@@ -55,9 +55,12 @@ def forward_kl_loss(family: Family, data, batch_size: int | None = None) -> Call
   which tends to argmin_θ KL(p ‖ q_θ) as n grows. With `batch_size`, each call averages over a
   minibatch drawn (with replacement) with `key`; otherwise over all the data and `key` is unused.
 
+  `data` with no sample, or whose trailing shape is not the family's event shape, raises
+  `ValueError` (the latter while tracing); NaN in `data` gives a NaN loss.
+
   Args:
     family: the model family.
-    data: samples of p, shape [n, *event_shape].
+    data: samples of p, shape [n, *event_shape] with n ≥ 1.
     batch_size: minibatch size, or None for full batch.
 
   Returns:
@@ -77,6 +80,8 @@ def forward_kl_loss(family: Family, data, batch_size: int | None = None) -> Call
   if data.ndim == 0:
     raise ValueError("`data` must have a leading sample axis, got a scalar.")
   n = data.shape[0]
+  if n == 0:
+    raise ValueError(f"`data` must hold at least one sample, got shape {data.shape}.")
   if batch_size is not None:
     batch_size = _checks.positive_int(batch_size, "batch_size")
 
@@ -85,26 +90,24 @@ def forward_kl_loss(family: Family, data, batch_size: int | None = None) -> Call
   )
 
   def loss(params, key):
+    event_shape = _variational.event_shape(family, params)
+    if data.shape[1:] != event_shape:
+      raise ValueError(
+        f"`data` must have shape [n, *event_shape] = [n, {', '.join(map(str, event_shape))}] for "
+        f"this family, got {data.shape}."
+      )
     x = data
     if batch_size is not None:
       x = data[jax.random.randint(key, (batch_size,), 0, n)]
-    return -jnp.mean(log_prob(params, x))
+    log_q = log_prob(params, x)
+    if log_q.shape != x.shape[:1]:
+      raise ValueError(
+        f"The family's log_prob of {x.shape[0]} points must have shape ({x.shape[0]},), got "
+        f"{log_q.shape}: the family's distribution must have batch shape ()."
+      )
+    return -jnp.mean(log_q)
 
   return loss
-
-
-def _log_weights(family, target, params, key, num_samples, gradient="reparam"):
-  """Log w = log p̃(x) − log q_θ(x) for x ~ q_θ, with the gradient path chosen by `gradient`."""
-  q = family.dist(params)
-  if gradient == "reparam":
-    x, log_q = sample_and_log_prob(q, key, num_samples)
-  elif gradient == "stl":  # Sticking the landing: drop the score term ∇_θ log q_θ(x) at fixed x.
-    x = q.sample(seed=key, sample_shape=(num_samples,))
-    log_q = family.dist(jax.lax.stop_gradient(params)).log_prob(x)
-  else:  # "score": no gradient through the samples.
-    x = jax.lax.stop_gradient(q.sample(seed=key, sample_shape=(num_samples,)))
-    log_q = q.log_prob(x)
-  return target(x) - log_q, log_q
 
 
 def reverse_kl_loss(
@@ -112,16 +115,21 @@ def reverse_kl_loss(
 ) -> Callable:
   """Reverse-KL loss: the negative ELBO, estimated with `num_samples` draws from q_θ.
 
-  loss(θ) = −(1/S) Σ_s [log p̃(x_s) − log q_θ(x_s)],  x_s ~ q_θ,
-  an unbiased estimate of KL(q_θ ‖ p) − log Z. Its value is the same for every `gradient`;
-  the gradient estimator differs:
+  loss(θ) = −Σ_i π_i [log p̃(x_i) − log q_θ(x_i)],
+  an unbiased estimate of KL(q_θ ‖ p) − log Z, with x_i ~ q_θ and π_i = 1/S, or for a mixture
+  q_θ = Σ_k w_k q_k and a pathwise gradient S draws x_ks ~ q_k from each component, π_ks = w_k/S
+  (stratified: K·S evaluations of log p̃). The gradient estimator:
 
-  - "reparam": pathwise, x = T_θ(ε) (needs a reparameterisable sampler).
+  - "reparam": pathwise, x = T_θ(ε), and through π for mixtures: unbiased in every parameter.
   - "stl": sticking the landing (Roeder, Wu & Duvenaud 2017): pathwise without the score term,
     whose expectation is zero; the estimator has zero variance when q_θ equals the posterior.
-  - "score": score function (REINFORCE), (1/S) Σ_s (f_s − b_s) ∇ log q_θ(x_s) with
+  - "score": score function (REINFORCE), (1/S) Σ_s (f_s − b_s) ∇ log q_θ(x_s) with x_s ~ q_θ,
     f = log q_θ − log p̃ and the leave-one-out baseline b_s = mean_{t≠s} f_t (unbiased, since b_s
-    does not depend on x_s). Works for non-reparameterisable q (e.g. mixtures); needs S >= 2.
+    does not depend on x_s). Works for any q, discrete ones included; needs S >= 2.
+
+  "reparam" and "stl" raise `ValueError` while tracing for a q whose samples carry no pathwise
+  gradient (discrete, quantised, `MixtureOfTwo`, TFP not fully reparameterised), and every
+  objective raises there if log p̃ of one point is not a scalar or log q_θ of the draws is not [N].
 
   Args:
     family: the variational family.
@@ -151,13 +159,13 @@ def reverse_kl_loss(
     )
 
   def loss(params, key):
-    log_w, log_q = _log_weights(family, target, params, key, num_samples, gradient)
-    value = -jnp.mean(log_w)
+    draws = _variational.draw(family, target, params, key, num_samples, gradient)
+    value = -_variational.weighted_mean(draws.log_w, draws.log_pi)
     if gradient != "score":
       return value
-    f = jax.lax.stop_gradient(-log_w)
+    f = jax.lax.stop_gradient(-draws.log_w)
     baseline = (jnp.sum(f) - f) / (num_samples - 1)
-    surrogate = jnp.mean((f - baseline) * log_q)
+    surrogate = jnp.mean((f - baseline) * draws.log_q)
     return jax.lax.stop_gradient(value) + surrogate - jax.lax.stop_gradient(surrogate)
 
   return loss
@@ -166,16 +174,20 @@ def reverse_kl_loss(
 def elbo(q, log_density: Callable, key: jax.Array, num_samples: int) -> Estimate:
   """Monte Carlo ELBO of a distribution q for an unnormalised target, with its standard error.
 
-  ELBO = E_{x ~ q}[log p̃(x) − log q(x)] = log Z − KL(q ‖ p) ≤ log Z.
+  ELBO = E_{x ~ q}[log p̃(x) − log q(x)] = log Z − KL(q ‖ p) ≤ log Z,
+
+  estimated as the mean over S draws of q; for a mixture q = Σ_k w_k q_k of reparameterisable
+  components as Σ_k w_k mean_s t_ks over S draws from each component (stderr
+  √(Σ_k w_k² var_k / S)), so that its gradient is pathwise in the weights too.
 
   Args:
     q: a distrax distribution.
     log_density: log p̃(x) for one point.
     key: a `jax.random` key.
-    num_samples: draws from q.
+    num_samples: draws from q (per component for a mixture).
 
   Returns:
-    `Estimate(value, stderr)`.
+    `Estimate(value, stderr)`; stderr is inf for one draw.
 
   Examples:
     >>> import distrax, jax, klax
@@ -187,22 +199,35 @@ def elbo(q, log_density: Callable, key: jax.Array, num_samples: int) -> Estimate
   _checks.distribution(q, "q")
   target = _target(log_density)
   num_samples = _checks.positive_int(num_samples, "num_samples")
-  x, log_q = sample_and_log_prob(q, key, num_samples)
-  return mean_and_stderr(target(x) - log_q)
+  if not _variational.stratifiable(q):
+    x, log_q = sample_and_log_prob(q, key, num_samples)
+    return mean_and_stderr(target(x) - log_q)
+  draws = _variational.draw(Family(None, lambda _: q), target, None, key, num_samples)
+  weights = jnp.exp(draws.log_pi[: draws.log_pi.size // num_samples]) * num_samples
+  per_draw = draws.log_w.reshape(num_samples, -1)  # [S, K]
+  per_draw = jnp.where(weights > 0, per_draw, 0.0)
+  value = _variational.weighted_mean(draws.log_w, draws.log_pi)
+  if num_samples == 1:
+    return Estimate(value, jnp.full_like(value, jnp.inf))
+  variance = jnp.var(per_draw, axis=0, ddof=1)
+  return Estimate(value, jnp.sqrt(jnp.sum(weights**2 * variance) / num_samples))
 
 
 def iwae_loss(family: Family, log_density: Callable, num_samples: int) -> Callable:
   """Negative importance-weighted bound (Burda, Grosse & Salakhutdinov 2016).
 
-  loss(θ) = −log (1/K) Σ_k p̃(x_k) / q_θ(x_k),  x_k ~ q_θ (reparameterised),
+  loss(θ) = −log Σ_i π_i p̃(x_i) / q_θ(x_i),  x_i ~ q_θ (reparameterised), π_i = 1/K,
 
-  whose expectation is −L_K with ELBO = L_1 ≤ L_K ≤ L_∞ = log Z.
+  whose expectation is −L_K with ELBO = L_1 ≤ L_K ≤ L_∞ = log Z. For a mixture
+  q_θ = Σ_k w_k q_k, K draws x_ks from each component with π_ks = w_k/K: the stratified bound of
+  Morningstar et al. (2021), still ≤ log Z in expectation, with unbiased pathwise gradients of it
+  in the weights and the components. Bad families and targets raise as for `reverse_kl_loss`.
 
   Args:
     family: a `klax.families.Family`; q_θ = family.dist(θ) must sample with reparameterised
-      gradients.
+      gradients, or be a mixture of components that do.
     log_density: log p̃(x) for one point x, the target up to its normalising constant Z.
-    num_samples: the number of draws per evaluation (K or S above).
+    num_samples: the number of draws per evaluation (per component for a mixture).
 
   Returns:
     `loss(params, key) -> scalar`, to pass to `klax.fit` or `klax.fit_batch`.
@@ -219,8 +244,8 @@ def iwae_loss(family: Family, log_density: Callable, num_samples: int) -> Callab
   num_samples = _checks.positive_int(num_samples, "num_samples")
 
   def loss(params, key):
-    log_w, _ = _log_weights(family, target, params, key, num_samples)
-    return -(logsumexp(log_w) - jnp.log(num_samples))
+    draws = _variational.draw(family, target, params, key, num_samples)
+    return -_variational.weighted_log_mean_exp(draws.log_w, draws.log_pi)
 
   return loss
 
@@ -228,20 +253,23 @@ def iwae_loss(family: Family, log_density: Callable, num_samples: int) -> Callab
 def renyi_loss(family: Family, log_density: Callable, num_samples: int, alpha: float) -> Callable:
   """Variational Rényi objective (Li & Turner 2016), as a loss to minimise.
 
-  L_α = 1/(1 − α) · log (1/S) Σ_s (p̃(x_s) / q_θ(x_s))^{1−α},  x_s ~ q_θ (reparameterised),
+  loss(θ) = −L̂_α,  L̂_α = 1/(1 − α) · log Σ_i π_i (p̃(x_i) / q_θ(x_i))^{1−α},  0 ≤ α ≤ 1,
 
-  and L_α = log Z − D_α(q_θ ‖ p). For α ≥ 0, L_α is a lower bound on log Z (α → 1: the ELBO,
-  i.e. reverse KL, mode seeking; α = 0: the importance-weighted bound, → log Z as S grows) and
-  the loss is −L_α. For α < 0, D_α ≤ 0 and L_α ≥ log Z is an upper bound, so the loss is +L_α
-  (minimising |D_α|); smaller α moves q further toward mass covering. α = 1 is computed as the
-  ELBO exactly. With finite S the estimate of L_α is biased low (a log of a mean).
+  with the draws x_i and weights π_i of `iwae_loss` (stratified for mixtures). L_α = log Z −
+  D_α(q_θ ‖ p) ≤ log Z, from the importance-weighted bound (α = 0) to the ELBO, i.e. reverse
+  KL (α = 1, the limit, to which L̂_α is continuous: it is computed about the mean log weight
+  without cancellation near α = 1). E[L̂_α] ≤ L_α (Jensen), so L̂_α is a valid finite-S lower
+  bound that tightens as S grows. α outside [0, 1] raises `ValueError`: there E[L̂_α] falls on
+  the wrong side of the bound (below the upper bound L_α ≥ log Z for α < 0), and minimising it
+  does not minimise D_α. Bad families and targets raise as for `reverse_kl_loss`.
 
   Args:
     family: a `klax.families.Family`; q_θ = family.dist(θ) must sample with reparameterised
-      gradients.
+      gradients, or be a mixture of components that do.
     log_density: log p̃(x) for one point x, the target up to its normalising constant Z.
-    num_samples: the number of draws per evaluation (K or S above).
-    alpha: the Rényi order α (a Python float; 1 is the ELBO, 0 the importance-weighted bound).
+    num_samples: the number of draws per evaluation (per component for a mixture).
+    alpha: the Rényi order α, a finite Python float in [0, 1] (1 is the ELBO, 0 the
+      importance-weighted bound).
 
   Returns:
     `loss(params, key) -> scalar`, to pass to `klax.fit` or `klax.fit_batch`.
@@ -257,13 +285,10 @@ def renyi_loss(family: Family, log_density: Callable, num_samples: int, alpha: f
   """
   family, target = _family(family), _target(log_density)
   num_samples = _checks.positive_int(num_samples, "num_samples")
-  alpha = float(alpha)
+  epsilon = 1.0 - _variational.check_alpha(alpha)
 
   def loss(params, key):
-    log_w, _ = _log_weights(family, target, params, key, num_samples)
-    if alpha == 1.0:
-      return -jnp.mean(log_w)
-    bound = (logsumexp((1.0 - alpha) * log_w) - jnp.log(num_samples)) / (1.0 - alpha)
-    return bound if alpha < 0 else -bound
+    draws = _variational.draw(family, target, params, key, num_samples)
+    return -_variational.renyi_bound(draws.log_w, draws.log_pi, epsilon)
 
   return loss

@@ -188,8 +188,9 @@ def mixture_of_normals(k: int, d: int | None = None, *, loc_scale: float = 2.0) 
   """Mixture of k normals: univariate when `d` is None, else with diagonal covariances in d-D.
 
   Params `{"logits": [k], "loc": [k] or [k, d], "log_scale": [k] or [k, d]}`. Sampling a
-  mixture is not reparameterisable in the weights: fit it by forward KL, or by reverse KL with
-  `gradient="score"` or an importance-weighted objective.
+  mixture is not reparameterisable in the weights, so klax's reverse-KL, IWAE and Rényi losses
+  sample it per component (S draws from each, weighted by w_k / S): unbiased pathwise gradients
+  in the weights and the components, for K·S evaluations of the target.
 
   Args:
     k: the number of components.

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
+from tensorflow_probability.substrates import jax as tfp
 
 import klax
 from klax import families
@@ -100,3 +101,17 @@ def test_direct_log_prob_equals_the_distributions():
     grads = jax.grad(lambda p, f=family, x=x: jnp.sum(f.log_prob(p, x)))(params)
     expected = jax.grad(lambda p, f=family, x=x: jnp.sum(f.dist(p).log_prob(x)))(params)
     chex.assert_trees_all_close(grads, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_reparameterisation_is_detected():
+  from klax import _variational
+
+  for name, family in FAMILIES.items():
+    q = family.dist(family.init(jax.random.key(0)))
+    assert _variational.reparameterised(q) == (not name.startswith("mixture")), name
+    assert _variational.stratifiable(q) == name.startswith("mixture"), name
+  tfd = tfp.distributions
+  assert not _variational.reparameterised(distrax.Categorical(logits=jnp.zeros(3)))
+  assert not _variational.reparameterised(distrax.Independent(distrax.Bernoulli(jnp.zeros(2)), 1))
+  assert not _variational.reparameterised(tfd.Poisson(1.0))
+  assert _variational.reparameterised(tfd.Normal(0.0, 1.0))

@@ -176,3 +176,41 @@ def test_bad_arguments():
     klax.kl_divergence_mixture_upper_bound(
       distrax.Normal(0.0, 1.0), distrax.MultivariateNormalDiag(jnp.zeros(2))
     )
+
+
+ALL = [
+  *APPROXIMATIONS.values(),
+  klax.kl_divergence_mixture_upper_bound,
+  klax.kl_divergence_mixture_lower_bound,
+]
+
+
+def _seed_pair(logits, scales=(1.2, 1.2, 0.7), shift=0.0):
+  p = distrax.MixtureSameFamily(
+    distrax.Categorical(logits=logits),
+    distrax.Normal(jnp.array([-3.0, 3.0, 0.5]) + shift, jnp.array(scales)),
+  )
+  return p, distrax.Normal(0.0, 3.2311)
+
+
+@pytest.mark.parametrize("fn", ALL)
+def test_a_zero_weight_component_contributes_nothing(fn):
+  """Value and gradients as without the component (the upper bound was NaN, exact 0.9905)."""
+  dead = jnp.array([0.0, 0.0, -jnp.inf])
+  without = distrax.MixtureSameFamily(
+    distrax.Categorical(logits=jnp.zeros(2)), distrax.Normal(jnp.array([-3.0, 3.0]), 1.2)
+  )
+  expected = fn(without, distrax.Normal(0.0, 3.2311))
+  np.testing.assert_allclose(fn(*_seed_pair(dead)), expected, rtol=1e-6)
+  if fn is klax.kl_divergence_mixture_upper_bound:
+    np.testing.assert_allclose(expected, 0.9905, atol=5e-5)
+  grads = jax.grad(lambda logits, shift: fn(*_seed_pair(logits, shift=shift)), (0, 1))(dead, 0.3)
+  assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
+
+
+@pytest.mark.parametrize("fn", ALL)
+def test_a_non_positive_normal_scale_gives_nan(fn):
+  """As distrax's log_prob does: scale ≤ 0 is not a Normal (was a finite number from scale²)."""
+  for scale in (-1.2, 0.0):
+    assert np.isnan(float(fn(*_seed_pair(jnp.zeros(3), scales=(scale, 1.2, 0.7)))))
+    assert np.isnan(float(jax.jit(fn)(distrax.Normal(0.0, 1.0), distrax.Normal(1.0, scale))))
