@@ -95,3 +95,47 @@ def promote_low_precision(x: jax.Array) -> jax.Array:
   if jnp.finfo(x.dtype).bits < 32:
     return x.astype(jnp.float32)
   return x
+
+
+def mask(where: Any, shape: tuple, name: str) -> jax.Array:
+  """Returns `where` as a boolean array, or raises unless it is one that broadcasts to `shape`."""
+  array = None if isinstance(where, (str, bytes)) else jnp.asarray(where)
+  if array is None or array.dtype != jnp.bool_:
+    got = type(where).__name__ if array is None else array.dtype
+    raise TypeError(f"`{name}` must be a boolean mask, got {got}.")
+  try:
+    broadcast = jnp.broadcast_shapes(array.shape, tuple(shape))
+  except ValueError:
+    broadcast = None
+  if broadcast != tuple(shape):
+    raise ValueError(f"`{name}` of shape {array.shape} does not broadcast to the input's {shape}.")
+  return array
+
+
+def prng_key(key: Any, name: str) -> Any:
+  """Raises `TypeError` unless `key` is a `jax.random` key (typed, or a raw uint32 [..., 2])."""
+  dtype = getattr(key, "dtype", None)
+  if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
+    return key
+  if dtype == jnp.uint32 and getattr(key, "shape", ())[-1:] == (2,):
+    return key
+  raise TypeError(
+    f"`{name}` must be a `jax.random` key (e.g. `jax.random.key(0)`), got {type(key).__name__}"
+    + (f" of dtype {dtype}." if dtype is not None else ".")
+  )
+
+
+def finite_positive(value: Any, name: str) -> float:
+  """Returns `value` as a Python float, or raises unless it is a finite positive real number."""
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    raise TypeError(f"`{name}` must be a positive float, got {type(value).__name__}.")
+  if not (np.isfinite(value) and value > 0):
+    raise ValueError(f"`{name}` must be positive and finite, got {value}.")
+  return float(value)
+
+
+def callable_or_none(value: Any, name: str) -> Any:
+  """Raises `TypeError` unless `value` is callable or None."""
+  if value is not None and not callable(value):
+    raise TypeError(f"`{name}` must be a function or None, got {type(value).__name__}.")
+  return value

@@ -7,49 +7,78 @@ functions, by the softmax normalisation too (as `jax.nn.log_softmax(..., where=.
 
 Conventions (the same as `scipy.special.rel_entr` and `scipy.stats.entropy`):
 - 0 · log 0 = 0 and 0 · log(0 / q) = 0: entries where p = 0 contribute nothing.
-- p > 0 = q gives +inf.
+- p > 0 = q gives +inf (also where p's probability underflows but is not 0 on paper).
 - Logits of -inf are probabilities of exactly 0, handled without NaN.
+- A row in which p has no outcome (every logit −inf, or every entry masked out) is an empty sum:
+  0, with zero gradients. For the `*_logits` functions a row in which q has no outcome, and p
+  has one, is +inf (KL and cross-entropy).
+- NaN in a row gives NaN for that row; so does a logit of +inf (softmax is undefined there).
+- XLA flushes subnormal numbers to zero (float32: below 1.2e-38), so such a probability counts
+  as 0: a q of 1e-40 where p > 0 gives +inf.
 - Gradients are finite wherever the value is finite. At p = 0 the derivative with respect to p is
   taken as 0 (its one-sided limit is -inf; this is the convention of `jax.scipy.special.entr`).
 
-Input checks: arguments must be floating-point arrays of the same shape (`TypeError` or
-`ValueError` at trace time otherwise). float16 and bfloat16 inputs are promoted to float32.
-The `*_probs` functions also need valid probabilities: non-negative and summing to 1 within
-`PROBABILITY_TOLERANCE` along `axis`. Outside `jit` an invalid `p` or `q` raises `ValueError`;
-inside `jit` (or `vmap`) the result for an invalid row is NaN.
+Input checks: arguments must be floating-point arrays of the same shape with at least one
+outcome along `axis`, and `where` a boolean array that broadcasts to them (`TypeError` or
+`ValueError` at trace time otherwise). float16 and bfloat16 inputs are promoted to float32 and
+give float32 results; other dtypes are kept. The `*_probs` functions also need valid
+probabilities: non-negative and summing to 1 along `axis` within `probability_tolerance(dtype)`
+(1e-4, or the machine epsilon of a coarser input dtype: a bfloat16 softmax is accepted). Outside
+`jit` an invalid `p` or `q` raises `ValueError`; inside `jit` (or `vmap`) an invalid row is NaN.
 """
 
 from __future__ import annotations
-
-import math
 
 import jax
 import jax.numpy as jnp
 
 from klax import _checks
-from klax._series import exp_remainder
+from klax._logits import kl_from_logits
+from klax._logits import mask_logits
 
 PROBABILITY_TOLERANCE = 1e-4
 
 
-def _checked_arrays(arrays: dict, axis: int) -> tuple[list[jax.Array], int]:
-  """Checks `arrays` (name -> array-like): float, same shape; returns them and the axis."""
-  checked = [_checks.promote_low_precision(_checks.float_array(v, k)) for k, v in arrays.items()]
+def probability_tolerance(dtype) -> float:
+  """How far from 1 a row of probabilities of `dtype` may sum: max(1e-4, machine epsilon)."""
+  return max(PROBABILITY_TOLERANCE, float(jnp.finfo(dtype).eps))
+
+
+def _checked_arrays(arrays: dict, axis: int, where) -> tuple[list[jax.Array], int, float]:
+  """Checks `arrays` (name -> array-like) and `where`; returns the arrays, axis and tolerance.
+
+  The arrays must be floats of one shape with at least one outcome along `axis`; the tolerance
+  is `probability_tolerance` of the coarsest input dtype (before low precision is promoted).
+  """
+  raw = [_checks.float_array(v, k) for k, v in arrays.items()]
   names = list(arrays)
-  for name, array in zip(names[1:], checked[1:], strict=True):
-    _checks.same_shape(checked[0], array, names[0], name)
-  return checked, _checks.normalize_axis(axis, checked[0].ndim, names[0])
+  for name, array in zip(names[1:], raw[1:], strict=True):
+    _checks.same_shape(raw[0], array, names[0], name)
+  axis = _checks.normalize_axis(axis, raw[0].ndim, names[0])
+  if raw[0].shape[axis] == 0:
+    raise ValueError(
+      f"`{names[0]}` must have at least one outcome along axis {axis}, got shape {raw[0].shape}."
+    )
+  if where is not None:
+    _checks.mask(where, raw[0].shape, "where")
+  tolerance = max(probability_tolerance(x.dtype) for x in raw)
+  return [_checks.promote_low_precision(x) for x in raw], axis, tolerance
 
 
-def _valid_probabilities(x: jax.Array, name: str, axis: int, where) -> jax.Array:
-  """Per-row validity of `x` as probabilities; raises `ValueError` when it can see them."""
+def _valid_probabilities(x: jax.Array, name: str, axis: int, where, tolerance) -> jax.Array:
+  """Per-row validity of `x` as probabilities; raises `ValueError` when it can see them.
+
+  A row with no entry inside `where` is valid (an empty sum); NaN is never valid.
+  """
   non_negative = jnp.all(x >= 0, axis=axis, where=where)
   total = jnp.sum(x, axis=axis, where=where)
-  valid = non_negative & (jnp.abs(total - 1) <= PROBABILITY_TOLERANCE)
+  valid = non_negative & (jnp.abs(total - 1) <= tolerance)
+  if where is not None:
+    valid |= ~jnp.any(jnp.broadcast_to(where, x.shape), axis=axis)
   if _checks.is_concrete(valid) and not bool(jnp.all(valid)):
     raise ValueError(
       f"`{name}` must hold probabilities along axis {axis}: non-negative, not NaN, and summing "
-      f"to 1 within {PROBABILITY_TOLERANCE}. Use the `*_logits` function for unnormalised "
+      f"to 1 within {tolerance:.3g}. Use the `*_logits` function for unnormalised "
       "log-probabilities."
     )
   return valid
@@ -86,15 +115,17 @@ def kl_divergence_probs(p, q, axis: int = -1, *, where=None) -> jax.Array:
     where: optional boolean mask of the outcomes to include.
 
   Returns:
-    The divergence for each row, shape of `p` without `axis`. +inf where some p_i > 0 = q_i.
+    The divergence for each row, shape of `p` without `axis`: +inf where some p_i > 0 = q_i,
+    0 for a row with nothing inside `where`, NaN for an invalid row inside `jit`.
 
   Examples:
     >>> import klax
     >>> float(klax.kl_divergence_probs([0.5, 0.5], [0.9, 0.1]))  # doctest: +ELLIPSIS
     0.5108...
   """
-  (p, q), axis = _checked_arrays({"p": p, "q": q}, axis)
-  valid = _valid_probabilities(p, "p", axis, where) & _valid_probabilities(q, "q", axis, where)
+  (p, q), axis, tolerance = _checked_arrays({"p": p, "q": q}, axis, where)
+  valid = _valid_probabilities(p, "p", axis, where, tolerance)
+  valid &= _valid_probabilities(q, "q", axis, where, tolerance)
   return _nan_unless(valid, jnp.sum(_p_log_ratio(p, q), axis=axis, where=where))
 
 
@@ -109,16 +140,17 @@ def entropy_probs(p, axis: int = -1, *, where=None) -> jax.Array:
     where: optional boolean mask of the outcomes to include.
 
   Returns:
-    The entropy of each row, the shape of `p` without `axis`.
+    The entropy of each row, the shape of `p` without `axis` (0 for a row with nothing inside
+    `where`, NaN for an invalid row inside `jit`).
 
   Examples:
     >>> import klax
     >>> float(klax.entropy_probs([0.5, 0.5]))  # log 2  # doctest: +ELLIPSIS
     0.6931...
   """
-  (p,), axis = _checked_arrays({"p": p}, axis)
-  valid = _valid_probabilities(p, "p", axis, where)
-  return _nan_unless(valid, -jnp.sum(_p_log_q(p, p), axis=axis, where=where))
+  (p,), axis, tolerance = _checked_arrays({"p": p}, axis, where)
+  valid = _valid_probabilities(p, "p", axis, where, tolerance)
+  return _nan_unless(valid, 0.0 - jnp.sum(_p_log_q(p, p), axis=axis, where=where))
 
 
 def cross_entropy_probs(p, q, axis: int = -1, *, where=None) -> jax.Array:
@@ -141,23 +173,10 @@ def cross_entropy_probs(p, q, axis: int = -1, *, where=None) -> jax.Array:
     >>> float(klax.cross_entropy_probs([1.0, 0.0], [0.5, 0.5]))  # log 2  # doctest: +ELLIPSIS
     0.6931...
   """
-  (p, q), axis = _checked_arrays({"p": p, "q": q}, axis)
-  valid = _valid_probabilities(p, "p", axis, where) & _valid_probabilities(q, "q", axis, where)
-  return _nan_unless(valid, -jnp.sum(_p_log_q(p, q), axis=axis, where=where))
-
-
-def _log_softmax_pair(arrays: dict, axis: int, where) -> tuple[list[jax.Array], int]:
-  """Checks `arrays` (name -> logits) and returns their log-softmax along `axis`."""
-  checked, axis = _checked_arrays(arrays, axis)
-  return [jax.nn.log_softmax(x, axis=axis, where=where) for x in checked], axis
-
-
-def prob_times(log_p: jax.Array, values: jax.Array) -> jax.Array:
-  """Elementwise exp(log_p) · values, 0 where log_p = -inf, with finite gradients there."""
-  possible = log_p > -jnp.inf
-  safe_log_p = jnp.where(possible, log_p, 0.0)
-  safe_values = jnp.where(possible, values, 0.0)
-  return jnp.where(possible, jnp.exp(safe_log_p) * safe_values, 0.0)
+  (p, q), axis, tolerance = _checked_arrays({"p": p, "q": q}, axis, where)
+  valid = _valid_probabilities(p, "p", axis, where, tolerance)
+  valid &= _valid_probabilities(q, "q", axis, where, tolerance)
+  return _nan_unless(valid, 0.0 - jnp.sum(_p_log_q(p, q), axis=axis, where=where))
 
 
 def kl_divergence_logits(p_logits, q_logits, axis: int = -1, *, where=None) -> jax.Array:
@@ -173,7 +192,8 @@ def kl_divergence_logits(p_logits, q_logits, axis: int = -1, *, where=None) -> j
     where: optional boolean mask of the outcomes to include (the others get probability 0).
 
   Returns:
-    The KL of each row, the shape of `p_logits` without `axis`.
+    The KL of each row, the shape of `p_logits` without `axis`: +inf where some p_i > 0 = q_i
+    (or q has no outcome), 0 where p has none, NaN where a logit is NaN or +inf.
 
   Examples:
     >>> import jax.numpy as jnp, klax
@@ -181,144 +201,37 @@ def kl_divergence_logits(p_logits, q_logits, axis: int = -1, *, where=None) -> j
     ...                                 jnp.log(jnp.array([0.9, 0.1]))))  # doctest: +ELLIPSIS
     0.5108...
   """
-  (p_logits, q_logits), axis = _checked_arrays({"p_logits": p_logits, "q_logits": q_logits}, axis)
+  (p_logits, q_logits), axis, _ = _checked_arrays(
+    {"p_logits": p_logits, "q_logits": q_logits}, axis, where
+  )
   return kl_from_logits(p_logits, q_logits, axis, where)
 
 
-def _shifted_exp(logits, axis: int, where):
-  """e^{x − m} (0 where masked) and m = the row's largest logit (0 if not finite), kept dims."""
-  top = jnp.max(logits, axis=axis, keepdims=True, where=where, initial=-jnp.inf)
-  top = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0.0))
-  shifted = jnp.exp(logits - top)
-  return (shifted if where is None else jnp.where(where, shifted, 0.0)), top
+def prob_times(log_p: jax.Array, values: jax.Array) -> jax.Array:
+  """Elementwise exp(log_p) · values: 0 where log_p = −inf, ±inf where values are (p > 0).
 
-
-def _plain_kl_from_logits(p_logits, q_logits, axis: int, where) -> jax.Array:
-  """KL = E_p[a − b] − LSE(a) + LSE(b) (a, b = p's and q's logits): two exponentials per outcome.
-
-  With e = e^{a − max a}: E_p[a − b] = Σ e (a − b) / Σ e, and LSE(a) = max a + log Σ e. (Two
-  log-softmaxes and p = exp(log p) would take three.) An outcome with p > 0 and q = 0 gives +∞.
+  NaN in either gives NaN. Gradients are finite wherever the value is.
   """
-  e_a, top_a = _shifted_exp(p_logits, axis, where)
-  e_b, top_b = _shifted_exp(q_logits, axis, where)
-  possible = p_logits > -jnp.inf
-  if where is not None:
-    possible &= where
-  d = jnp.where(possible, p_logits - q_logits, 0.0)
-  terms = jnp.where(d == jnp.inf, jnp.inf, e_a * d)  # p > 0 even where e_a underflows.
-  sum_a, sum_b = jnp.sum(e_a, axis=axis), jnp.sum(e_b, axis=axis)
-  lse_difference = jnp.squeeze(top_b - top_a, axis) + jnp.log(sum_b) - jnp.log(sum_a)
-  return jnp.sum(terms, axis=axis) / sum_a + lse_difference
+  possible = log_p != -jnp.inf
+  infinite = possible & jnp.isinf(values)
+  safe_log_p = jnp.where(possible, log_p, 0.0)
+  safe_values = jnp.where(possible & ~infinite, values, 0.0)
+  return jnp.where(infinite, values, jnp.where(possible, jnp.exp(safe_log_p) * safe_values, 0.0))
 
 
-def kl_from_logits(p_logits, q_logits, axis: int = -1, where=None) -> jax.Array:
-  """Σ p (log p − log q) for checked logits, accurate when p ≈ q.
+def _log_softmax_rows(masked_logits: list, axis: int) -> tuple[list, list, jax.Array]:
+  """log_softmax of each array of masked logits, its empty rows, and the undefined rows.
 
-  The plain form (`_plain_kl_from_logits`) loses ulps of |log p| (about 1e-6 in float32 for a
-  large vocabulary): too much when the KL itself is small. So when some row's plain value is
-  below 1e-2, the rows whose logit differences d = p_logits − q_logits stay within 1 of their
-  mean are recomputed cancellation-free: with t = d − E_p[d] (any constant shift of d leaves the
-  KL unchanged), KL = E_p[t] + log E_p[e^{−t}] = A − (B − log1p(B)), A = E_p[t + expm1(−t)]
-  (every term ≥ 0, by its Taylor series where |t| is small), B = E_p[expm1(−t)]: about 1e-6
-  relative in float32 where the plain form can be off by 100%. On CPU a batch of more than 64
-  rows (outcomes on the last axis, p and q of one shape) runs in blocks of rows, so that each
-  block's temporaries stay in cache (`_CPU_BLOCK_ROWS`); the values are the same.
+  A row is empty where every logit is −inf, undefined where any array has NaN or +inf. An empty row's logits are replaced by zeros first, so that it has finite gradients (zero, once
+  the caller selects its value).
   """
-  block = _block_size(p_logits.shape, axis) if p_logits.shape == q_logits.shape else None
-  if block is None:
-    return _kl_from_logits_whole(p_logits, q_logits, axis, where)
-  return jax.lax.platform_dependent(
-    cpu=lambda: _kl_from_logits_blocks(p_logits, q_logits, where, block),
-    default=lambda: _kl_from_logits_whole(p_logits, q_logits, axis, where),
-  )
-
-
-def _kl_from_logits_whole(p_logits, q_logits, axis: int, where) -> jax.Array:
-  """`kl_from_logits` for the whole batch at once: the plain form, refined where needed."""
-  plain = _plain_kl_from_logits(p_logits, q_logits, axis, where)
-  return jax.lax.cond(
-    jnp.any(plain < 1e-2),
-    lambda: _refined_rows(p_logits, q_logits, axis, where, plain),
-    lambda: plain,
-  )
-
-
-# On CPU, batches of more than `_CPU_BLOCK_ROWS[-1]` rows (outcomes on the last axis) go through
-# `kl_from_logits` in blocks of rows, the first of these sizes that divides the number of rows:
-# XLA's CPU reductions do not fuse their elementwise inputs, so a whole batch's temporaries go
-# through memory, while a block's stay in cache (1.6-1.75x faster at batch 256-4,096 x 32,000
-# on a 2-core Xeon). Other platforms take the batch whole.
-_CPU_BLOCK_ROWS = (32, 16, 8, 64)
-
-
-def _block_size(shape, axis: int) -> int | None:
-  """Rows per CPU block, or None to take the batch whole (small, or outcomes not last)."""
-  if not shape or axis % len(shape) != len(shape) - 1:
-    return None
-  rows = math.prod(shape[:-1])
-  if rows <= _CPU_BLOCK_ROWS[-1]:
-    return None
-  return next((size for size in _CPU_BLOCK_ROWS if rows % size == 0), None)
-
-
-def _kl_from_logits_blocks(p_logits, q_logits, where, block: int) -> jax.Array:
-  """`kl_from_logits` along the last axis as a `lax.map` over blocks of `block` rows (CPU)."""
-  arrays = [p_logits, q_logits] + (
-    [] if where is None else [jnp.broadcast_to(where, p_logits.shape)]
-  )
-  size = p_logits.shape[-1]
-  blocks = [x.reshape(-1, block, size) for x in arrays]
-
-  def one_block(arrays):
-    block_where = None if where is None else arrays[2]
-    return _kl_from_logits_whole(arrays[0], arrays[1], -1, block_where)
-
-  return jax.lax.map(one_block, blocks).reshape(p_logits.shape[:-1])
-
-
-def _refined_rows(p_logits, q_logits, axis: int, where, plain) -> jax.Array:
-  """`kl_from_logits`'s cancellation-free form for the rows whose plain value is below 1e-2.
-
-  The rows go in groups of `_REFINE_GROUP` (`lax.map` over groups, `vmap` within one), and a
-  group is recomputed only if one of its rows needs it: the temporaries are a group's, not the
-  batch's, so carrying this rarely taken branch costs the common path nothing.
-  """
-  where = (
-    jnp.ones(p_logits.shape, bool) if where is None else jnp.broadcast_to(where, p_logits.shape)
-  )
-  rows = [jnp.moveaxis(x, axis, -1).reshape(-1, x.shape[axis]) for x in (p_logits, q_logits, where)]
-  rows.append(plain.reshape(-1))
-  count = rows[-1].shape[0]
-  padded = -(-count // _REFINE_GROUP) * _REFINE_GROUP
-  rows = [jnp.concatenate([x, jnp.ones((padded - count, *x.shape[1:]), x.dtype)]) for x in rows]
-  groups = [x.reshape(-1, _REFINE_GROUP, *x.shape[1:]) for x in rows]
-
-  def group(arrays):
-    plain = arrays[-1]
-    return jax.lax.cond(jnp.any(plain < 1e-2), jax.vmap(_refined_row), lambda *_: plain, *arrays)
-
-  return jax.lax.map(group, groups).reshape(-1)[:count].reshape(plain.shape)
-
-
-_REFINE_GROUP = 16
-
-
-def _refined_row(p_logits, q_logits, where, plain) -> jax.Array:
-  log_p = jax.nn.log_softmax(p_logits, where=where)
-  possible = (log_p > -jnp.inf) & where
-  p = jnp.where(possible, jnp.exp(log_p), 0.0)
-
-  def expect(values):  # E_p[values], 0 · anything = 0 where p = 0.
-    return jnp.sum(p * jnp.where(possible, values, 0.0), where=where)
-
-  d = jnp.where(possible, p_logits - q_logits, 0.0)
-  t = d - expect(d)
-  small = jnp.abs(t) < 1.0
-  near = jnp.all(small | ~possible)
-  t = jnp.where(small, t, 0.0)
-  e = jnp.expm1(-t)
-  a, b = expect(exp_remainder(t, e)), expect(e)
-  return jnp.where(near, a - (b - jnp.log1p(b)), plain)
+  log_softmaxes, empties, undefined = [], [], False
+  for logits in masked_logits:
+    empty = jnp.all(logits == -jnp.inf, axis=axis, keepdims=True)
+    log_softmaxes.append(jax.nn.log_softmax(jnp.where(empty, 0.0, logits), axis=axis))
+    empties.append(jnp.squeeze(empty, axis))
+    undefined = undefined | jnp.any(jnp.isnan(logits) | (logits == jnp.inf), axis=axis)
+  return log_softmaxes, empties, undefined
 
 
 def entropy_logits(logits, axis: int = -1, *, where=None) -> jax.Array:
@@ -332,15 +245,18 @@ def entropy_logits(logits, axis: int = -1, *, where=None) -> jax.Array:
     where: optional boolean mask of the outcomes to include (the others get probability 0).
 
   Returns:
-    The entropy of each row, the shape of `logits` without `axis`.
+    The entropy of each row, the shape of `logits` without `axis`: 0 where p has no outcome,
+    NaN where a logit is NaN or +inf.
 
   Examples:
     >>> import jax.numpy as jnp, klax
     >>> float(klax.entropy_logits(jnp.zeros(4)))  # log 4  # doctest: +ELLIPSIS
     1.3862...
   """
-  (log_p,), axis = _log_softmax_pair({"logits": logits}, axis, where)
-  return -jnp.sum(prob_times(log_p, log_p), axis=axis, where=where)
+  (logits,), axis, _ = _checked_arrays({"logits": logits}, axis, where)
+  (log_p,), (p_empty,), undefined = _log_softmax_rows([mask_logits(logits, where)], axis)
+  value = 0.0 - jnp.sum(prob_times(log_p, log_p), axis=axis)
+  return jnp.where(undefined, jnp.nan, jnp.where(p_empty, 0.0, value))
 
 
 def cross_entropy_logits(p_logits, q_logits, axis: int = -1, *, where=None) -> jax.Array:
@@ -355,14 +271,19 @@ def cross_entropy_logits(p_logits, q_logits, axis: int = -1, *, where=None) -> j
     where: optional boolean mask of the outcomes to include (the others get probability 0).
 
   Returns:
-    The cross-entropy of each row, the shape of `p_logits` without `axis`.
+    The cross-entropy of each row, the shape of `p_logits` without `axis`: +inf where some
+    p_i > 0 = q_i (or q has no outcome), 0 where p has none, NaN where a logit is NaN or +inf.
 
   Examples:
     >>> import jax.numpy as jnp, klax
     >>> float(klax.cross_entropy_logits(jnp.zeros(2), jnp.zeros(2)))  # log 2  # doctest: +ELLIPSIS
     0.6931...
   """
-  (log_p, log_q), axis = _log_softmax_pair(
+  (p_logits, q_logits), axis, _ = _checked_arrays(
     {"p_logits": p_logits, "q_logits": q_logits}, axis, where
   )
-  return -jnp.sum(prob_times(log_p, log_q), axis=axis, where=where)
+  masked = [mask_logits(x, where) for x in (p_logits, q_logits)]
+  (log_p, log_q), (p_empty, q_empty), undefined = _log_softmax_rows(masked, axis)
+  value = 0.0 - jnp.sum(prob_times(log_p, log_q), axis=axis)
+  edge = jnp.where(undefined, jnp.nan, jnp.where(p_empty, 0.0, jnp.inf))
+  return jnp.where(undefined | p_empty | q_empty, edge, value)

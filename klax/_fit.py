@@ -10,7 +10,8 @@ nothing else).
 
 `fit_batch` runs the same step for every member of a batch (the leading axis of
 `params_batch`), as a `scan` over steps of a `vmap`ped step, with member i's key
-`split(key, B)[i]`: member i of `fit_batch` is exactly `fit` with that key. The batch is cut into
+`split(key, B)[i]`: member i of `fit_batch` is `fit` with that key (the same computation; to
+float32 rounding, since programs for other batch shapes round differently). The batch is cut into
 chunks of `chunk_size` members (memory stays bounded; the last chunk is padded, so every chunk
 reuses one compiled program), and each chunk is sharded across `jax.devices()` along a 1-D mesh.
 """
@@ -38,11 +39,15 @@ class FitResult(NamedTuple):
   """The outcome of a fit (for `fit_batch`, every field has a leading batch axis).
 
   Attributes:
-    params: the final parameters; for a fit that diverged, the last parameters whose loss and
-      gradient were finite (the starting ones if the first step already failed).
+    params: the final parameters; for a fit that diverged, the parameters of the last step at
+      which the loss was evaluated and checked finite, with a finite gradient and update (with
+      `trace_every` = 1, the step before the one that failed; with `trace_every` = k > 1 the loss
+      is checked on every k-th step only, so the fit steps back to the last of those). The
+      starting parameters if no checked step succeeded.
     losses: the loss every `trace_every` steps, shape [num_steps // trace_every]; NaN from the
       step where the fit diverged on.
-    diverged_at: the first step whose loss, gradient or update was not finite, or −1.
+    diverged_at: the first step at which a non-finite gradient or update, or a non-finite loss
+      on a step that records it (every step for stopping-rule fits), was seen; −1 if none.
     gradient_variances: with `gradient_variance_draws` = D > 0, the total variance of the
       stochastic gradient, tr Cov_k[∇_θ loss(θ_t, k)] over D fresh keys, at the parameters of
       every recording step (aligned with `losses`; see `klax.gradient_variance`); else None.
@@ -70,7 +75,7 @@ class FitResult(NamedTuple):
 
 class _State(NamedTuple):
   params: Any  # θₜ; frozen at the step where the fit diverged.
-  previous_params: Any  # θₜ₋₁: the parameters one step back, whose loss was finite.
+  previous_params: Any  # θ_r: those of the last recording step, whose loss was finite.
   opt_state: Any
   diverged_at: jax.Array
 
@@ -98,10 +103,11 @@ def _step(loss, optimizer, variance_draws, record, state: _State, key, step_inde
   Returns the new state and the record `(loss value, gradient variance or None)`. With `record`
   False the record is (None, None) and the loss is left out of the finiteness test, so that XLA
   drops its computation when the optimiser does not use it (Adam, SGD: it costs about a quarter
-  of a step); gradients and parameters are still checked every step. A fit that diverges at
-  step t keeps θₜ and θₜ₋₁ from then on; `_final_params` returns θₜ₋₁, the last parameters whose
-  loss and gradient were finite. (Stepping back inside the step instead, a three-way select per
-  parameter, made XLA's CPU loop 12% slower on a forward-KL fit of 10,000 points.)
+  of a step); gradients and parameters are still checked every step. The fallback θ_r is the
+  parameters of the last recording step r whose loss, gradient and update were finite (θₜ₋₁ when
+  every step records): a fit that diverges at step t keeps θₜ and θ_r from then on, and
+  `_final_params` returns θ_r. (Stepping back inside the step instead, a three-way select per
+  parameter, made XLA's CPU loop slower.)
   """
   step_key = jax.random.fold_in(key, step_index)
   value, grads = jax.value_and_grad(loss)(state.params, step_key)
@@ -115,7 +121,10 @@ def _step(loss, optimizer, variance_draws, record, state: _State, key, step_inde
   apply = finite & running
   new_state = _State(
     params=_select(apply, params, state.params),
-    previous_params=_select(apply, state.params, state.previous_params),
+    # θₜ's loss is known to be finite only on a recording step: only those move the fallback.
+    previous_params=(
+      _select(apply, state.params, state.previous_params) if record else state.previous_params
+    ),
     opt_state=_select(apply, opt_state, state.opt_state),
     diverged_at=jnp.where(running & ~finite, step_index, state.diverged_at).astype(jnp.int32),
   )
@@ -549,7 +558,10 @@ def _batch_size(params_batch) -> int:
       "Every array in `params_batch` must have the same leading (batch) axis, got leading "
       f"sizes {sorted(str(s) for s in sizes)}."
     )
-  return sizes.pop()
+  size = sizes.pop()
+  if size == 0:
+    raise ValueError("`params_batch` has no members: its leading (batch) axis has size 0.")
+  return size
 
 
 def _slice_and_pad(tree, start: int, stop: int, size: int):
@@ -602,8 +614,10 @@ def fit_batch(
   θᵢ,ₜ₊₁ = θᵢ,ₜ + update(∇_θ loss(θᵢ,ₜ, kᵢ,ₜ)),  kᵢ,ₜ = fold_in(split(key, B)[i], t)
   (kᵢ,ₜ = fold_in(key, t) for every i with `common_random_numbers`).
 
-  Member i minimises `loss(params_i, key)` exactly as `fit(loss, params_batch[i], optimizer,
-  split(key, B)[i], num_steps)` would, but all members advance together: a `scan` over steps of
+  Member i minimises `loss(params_i, key)` as `fit(loss, params_batch[i], optimizer,
+  split(key, B)[i], num_steps)` would (the same computation: equal to float32 rounding, as are
+  chunked and sharded calls to the whole batch; the same call again is bit-identical), but all
+  members advance together: a `scan` over steps of
   a `vmap`ped step, sharded across `jax.devices()` (a 1-D mesh over the batch axis, so the same
   call uses every GPU/TPU or host device), in chunks of `chunk_size` members so that memory stays
   bounded (1,000,000 restarts of a 1-D problem run on a 24 GiB machine). The compiled program is
@@ -663,7 +677,8 @@ def fit_batch(
   draws = _variance_draws(gradient_variance_draws)
   rule = _stopping_rule(tolerance, gradient_tolerance, draws)
   devices = jax.devices()
-  chunk = min(size, _checks.positive_int(chunk_size, "chunk_size") if chunk_size else 1 << 16)
+  chunk = _checks.positive_int(chunk_size, "chunk_size") if chunk_size is not None else 1 << 16
+  chunk = min(size, chunk)
   per_device = -(-chunk // len(devices))
   group = _group_size(group_size, rule, per_device, devices[0].platform)
   chunk = -(-per_device // group) * group * len(devices)  # Whole groups on every device.

@@ -40,11 +40,16 @@ def kl_divergence_grid(log_p: LogDensity, log_q: LogDensity, grid, normalize: bo
   grid may then be any set of points, shape [n] or [n, d]. Note that this is the KL between the
   two distributions *restricted to the grid*: mass outside it is ignored.
 
-  With `normalize=False` it is the trapezoid rule for the integral over a sorted 1-D grid,
+  With `normalize=False` it is the trapezoid rule for the integral over a 1-D grid,
 
       KL ≈ ∫ p(x) log(p(x) / q(x)) dx,
 
-  which is accurate to O(h²) for smooth densities (to 1e-6 on a fine grid covering the mass).
+  which is accurate to O(h²) for smooth densities (to 1e-6 on a fine grid covering the mass). The
+  points may come in any order: they are sorted (with their values) before integrating.
+
+  Edge values: a point where p = 0 contributes 0, one where p > 0 = q makes the KL +inf; NaN in
+  a value or a grid point makes it NaN. With `normalize=True` a grid on which p (or q) is 0
+  everywhere has no distribution to normalise: NaN.
 
   Args:
     log_p: a callable `log_p(x)` for one grid point (unnormalised is fine), or its values at the
@@ -76,5 +81,8 @@ def kl_divergence_grid(log_p: LogDensity, log_q: LogDensity, grid, normalize: bo
   if normalize:
     log_p_values = log_p_values - logsumexp(log_p_values)
     log_q_values = log_q_values - logsumexp(log_q_values)
-    return jnp.sum(prob_times(log_p_values, log_p_values - log_q_values))
-  return jnp.trapezoid(prob_times(log_p_values, log_p_values - log_q_values), grid)
+    kl = jnp.sum(prob_times(log_p_values, log_p_values - log_q_values))
+    return jnp.where(jnp.any(jnp.isnan(grid)), jnp.nan, kl)
+  order = jnp.argsort(grid)
+  integrand = prob_times(log_p_values, log_p_values - log_q_values)
+  return jnp.trapezoid(integrand[order], grid[order])

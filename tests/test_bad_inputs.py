@@ -64,6 +64,30 @@ CASES = [
     "NaN",
   ),
   (
+    "kl_divergence_logits",
+    "no outcome along axis",
+    lambda: klax.kl_divergence_logits(jnp.zeros((2, 0)), jnp.zeros((2, 0))),
+    ValueError,
+    "`p_logits` must have at least one outcome",
+    "error",
+  ),
+  (
+    "kl_divergence_logits",
+    "`where` that does not broadcast",
+    lambda: klax.kl_divergence_logits(jnp.zeros(3), jnp.zeros(3), where=jnp.ones(2, bool)),
+    ValueError,
+    "`where` of shape (2,) does not broadcast",
+    "error",
+  ),
+  (
+    "entropy_logits",
+    "`where` that is not boolean",
+    lambda: klax.entropy_logits(jnp.zeros(3), where=jnp.ones(3)),
+    TypeError,
+    "`where` must be a boolean mask",
+    "error",
+  ),
+  (
     "entropy_logits",
     "axis out of range",
     lambda: klax.entropy_logits(jnp.zeros((2, 2)), axis=2),
@@ -249,6 +273,26 @@ CASES = [
     ),
     ValueError,
     "same leading (batch) axis",
+    "host",
+  ),
+  (
+    "fit_batch",
+    "an empty batch",
+    lambda: klax.fit_batch(
+      LOSS, {"loc": jnp.zeros(0), "log_scale": jnp.zeros(0)}, optax.adam(0.1), KEY, 2
+    ),
+    ValueError,
+    "`params_batch` has no members",
+    "host",
+  ),
+  (
+    "fit_batch",
+    "chunk_size = 0",
+    lambda: klax.fit_batch(
+      LOSS, jax.tree.map(lambda x: x[None], PARAMS), optax.adam(0.1), KEY, 2, chunk_size=0
+    ),
+    ValueError,
+    "`chunk_size` must be positive",
     "host",
   ),
   (

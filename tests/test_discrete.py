@@ -266,9 +266,9 @@ def test_near_identical_rows_are_exact_in_any_layout_beside_far_ones():
 def test_large_batches_in_cpu_row_blocks_match_float64_scipy():
   # 96 rows of 40 outcomes: on CPU these go through kl_divergence_logits in blocks of 32 rows.
   # Near-identical, far, -inf and masked rows mixed; reference: float64 scipy.
-  from klax import _discrete
+  from klax import _logits
 
-  assert _discrete._block_size((3, 32, 40), -1) == 32
+  assert _logits._block_size((3, 32, 40), -1) == 32
   rng = np.random.default_rng(11)
   p_logits = (2 * rng.normal(size=(3, 32, 40))).astype(np.float32)
   noise = np.where(np.arange(32)[:, None] % 2, 1e-3, 1.0) * rng.normal(size=(3, 32, 40))

@@ -1,0 +1,179 @@
+"""The KL divergence between two softmax distributions, exact when p ≈ q, and its edge values.
+
+`kl_from_logits` is the engine behind `klax.kl_divergence_logits` and the Categorical, Bernoulli,
+Binomial and Multinomial closed forms. Logits here are already checked (floats, one dtype) and
+masked: an outcome outside a `where` mask has the logit −∞ in both p and q (`mask_logits`).
+
+Edge values, the same in every function of `klax._discrete`, in this order:
+- NaN anywhere in a row of p or q (a NaN logit, or +∞, for which softmax is undefined) makes the
+  row NaN.
+- A row in which p has no outcome of positive probability (every logit −∞ or masked out) is an
+  empty sum: 0, with zero gradients (what a padding mask needs).
+- A row in which q has no outcome of positive probability, and p has one, is +∞.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from klax._series import exp_remainder
+
+
+def mask_logits(logits: jax.Array, where) -> jax.Array:
+  """`logits` with the outcomes outside `where` set to −∞ (probability 0 in any softmax)."""
+  return logits if where is None else jnp.where(where, logits, -jnp.inf)
+
+
+def _shifted_exp(logits: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+  """e^{x − m} and m = the row's largest logit (0 if not finite), with kept dims.
+
+  Σ e^{x − m} is 0 exactly when every logit is −∞, at least 1 when one is finite, +∞ or NaN when
+  one is +∞ or NaN: the empty and undefined rows are read off it.
+  """
+  top = jnp.max(logits, axis=axis, keepdims=True)
+  top = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0.0))
+  return jnp.exp(logits - top), top
+
+
+def _plain_kl_from_logits(p_logits, q_logits, axis: int) -> jax.Array:
+  """KL = E_p[a − b] − LSE(a) + LSE(b) (a, b = p's and q's logits): two exponentials per outcome.
+
+  With e = e^{a − max a}: E_p[a − b] = Σ e (a − b) / Σ e, and LSE(a) = max a + log Σ e. An
+  outcome with p > 0 and q = 0 gives +∞ (even where e underflows); an empty p gives 0, an empty q
+  (p not empty) +∞.
+  """
+  e_a, top_a = _shifted_exp(p_logits, axis)
+  e_b, top_b = _shifted_exp(q_logits, axis)
+  possible = p_logits != -jnp.inf  # NaN counts as possible, so that it reaches the sum.
+  d = jnp.where(possible, p_logits - q_logits, 0.0)
+  infinite = d == jnp.inf
+  terms = jnp.where(infinite, jnp.inf, e_a * jnp.where(infinite, 0.0, d))
+  sum_a, sum_b = jnp.sum(e_a, axis=axis), jnp.sum(e_b, axis=axis)
+  undefined = ~(jnp.isfinite(sum_a) & jnp.isfinite(sum_b))  # NaN or +inf in the row.
+  p_empty, q_empty = sum_a == 0, sum_b == 0
+  sum_a = jnp.where(p_empty, 1.0, sum_a)  # Safe values: no 0/0 in the untaken branches.
+  sum_b = jnp.where(p_empty | q_empty, 1.0, sum_b)
+  lse_difference = jnp.squeeze(top_b - top_a, axis) + jnp.log(sum_b) - jnp.log(sum_a)
+  kl = jnp.sum(terms, axis=axis) / sum_a + lse_difference
+  edge = jnp.where(undefined, jnp.nan, jnp.where(p_empty, 0.0, jnp.inf))
+  return jnp.where(undefined | p_empty | q_empty, edge, kl)
+
+
+def kl_from_logits(p_logits, q_logits, axis: int = -1, where=None) -> jax.Array:
+  """Σ p (log p − log q) for checked logits (broadcast against each other), accurate when p ≈ q.
+
+  The plain form (`_plain_kl_from_logits`) loses ulps of |log p| (about 1e-6 in float32 for a
+  large vocabulary): too much when the KL itself is small. So when some row's plain value is
+  below 1e-2, the rows whose logit differences d = p_logits − q_logits stay within 1 of their
+  mean on p's support S are recomputed cancellation-free: with t = d − E_p[d] (a constant shift
+  of d leaves the KL unchanged) and Q_S = q(S), the mass of q where p > 0,
+
+      KL = E_p[t] + log E_p[e^{−t}] − log Q_S = A − (B − log1p(B)) − log1p(−(1 − Q_S)),
+
+  A = E_p[t + expm1(−t)] (every term ≥ 0, by its Taylor series where |t| is small),
+  B = E_p[expm1(−t)]: about 1e-6 relative in float32 where the plain form can be off by 100%.
+  On CPU a batch of more than 64 rows (outcomes on the last axis) runs in blocks of rows, so that
+  each block's temporaries stay in cache (`_CPU_BLOCK_ROWS`); the values are the same.
+  """
+  p_logits, q_logits = jnp.broadcast_arrays(
+    mask_logits(p_logits, where), mask_logits(q_logits, where)
+  )
+  block = _block_size(p_logits.shape, axis)
+  if block is None:
+    return _kl_from_logits_whole(p_logits, q_logits, axis)
+  return jax.lax.platform_dependent(
+    cpu=lambda: _kl_from_logits_blocks(p_logits, q_logits, block),
+    default=lambda: _kl_from_logits_whole(p_logits, q_logits, axis),
+  )
+
+
+def _kl_from_logits_whole(p_logits, q_logits, axis: int) -> jax.Array:
+  """`kl_from_logits` for the whole batch at once: the plain form, refined where needed."""
+  plain = _plain_kl_from_logits(p_logits, q_logits, axis)
+  return jax.lax.cond(
+    jnp.any(plain < 1e-2),
+    lambda: _refined_rows(p_logits, q_logits, axis, plain),
+    lambda: plain,
+  )
+
+
+# On CPU, batches of more than `_CPU_BLOCK_ROWS[-1]` rows (outcomes on the last axis) go through
+# `kl_from_logits` in blocks of rows, the first of these sizes that divides the number of rows:
+# XLA's CPU reductions do not fuse their elementwise inputs, so a whole batch's temporaries go
+# through memory, while a block's stay in cache. Other platforms take the batch whole.
+_CPU_BLOCK_ROWS = (32, 16, 8, 64)
+
+
+def _block_size(shape, axis: int) -> int | None:
+  """Rows per CPU block, or None to take the batch whole (small, or outcomes not last)."""
+  if not shape or axis % len(shape) != len(shape) - 1:
+    return None
+  rows = math.prod(shape[:-1])
+  if rows <= _CPU_BLOCK_ROWS[-1]:
+    return None
+  return next((size for size in _CPU_BLOCK_ROWS if rows % size == 0), None)
+
+
+def _kl_from_logits_blocks(p_logits, q_logits, block: int) -> jax.Array:
+  """`kl_from_logits` along the last axis as a `lax.map` over blocks of `block` rows (CPU)."""
+  size = p_logits.shape[-1]
+  blocks = [x.reshape(-1, block, size) for x in (p_logits, q_logits)]
+  return jax.lax.map(lambda b: _kl_from_logits_whole(*b, -1), blocks).reshape(p_logits.shape[:-1])
+
+
+def _refined_rows(p_logits, q_logits, axis: int, plain) -> jax.Array:
+  """`kl_from_logits`'s cancellation-free form for the rows whose plain value is below 1e-2.
+
+  The rows go in groups of `_REFINE_GROUP` (`lax.map` over groups, `vmap` within one), and a
+  group is recomputed only if one of its rows needs it: the temporaries are a group's, not the
+  batch's, so carrying this rarely taken branch costs the common path nothing.
+  """
+  rows = [jnp.moveaxis(x, axis, -1).reshape(-1, x.shape[axis]) for x in (p_logits, q_logits)]
+  rows.append(plain.reshape(-1))
+  count = rows[-1].shape[0]
+  padded = -(-count // _REFINE_GROUP) * _REFINE_GROUP
+  rows = [jnp.concatenate([x, jnp.ones((padded - count, *x.shape[1:]), x.dtype)]) for x in rows]
+  groups = [x.reshape(-1, _REFINE_GROUP, *x.shape[1:]) for x in rows]
+
+  def group(arrays):
+    plain = arrays[-1]
+    return jax.lax.cond(jnp.any(plain < 1e-2), jax.vmap(_refined_row), lambda *_: plain, *arrays)
+
+  return jax.lax.map(group, groups).reshape(-1)[:count].reshape(plain.shape)
+
+
+_REFINE_GROUP = 16
+
+
+def _refined_row(p_logits, q_logits, plain) -> jax.Array:
+  """The cancellation-free KL of one row, or `plain` where it does not apply.
+
+  It applies to rows with a finite plain value below 1e-2 whose p is not empty and whose logit
+  differences on p's support stay within 1 of their mean. Other rows are replaced by zeros before
+  any arithmetic, so that the untaken branch has finite gradients.
+  """
+  possible = p_logits != -jnp.inf
+  usable = (plain < 1e-2) & jnp.any(possible) & jnp.any(q_logits != -jnp.inf)  # Not NaN.
+  p_logits = jnp.where(usable, p_logits, 0.0)
+  q_logits = jnp.where(usable, q_logits, 0.0)
+  possible = p_logits != -jnp.inf
+  log_p = jax.nn.log_softmax(p_logits)
+  p = jnp.where(possible, jnp.exp(log_p), 0.0)
+
+  def expect(values):  # E_p[values], 0 · anything = 0 where p = 0.
+    return jnp.sum(p * jnp.where(possible, values, 0.0))
+
+  d = jnp.where(possible, p_logits - q_logits, 0.0)
+  t = d - expect(d)
+  small = jnp.abs(t) < 1.0
+  near = usable & jnp.all(small | ~possible)
+  t = jnp.where(small, t, 0.0)
+  e = jnp.expm1(-t)
+  a, b = expect(exp_remainder(t, e)), expect(e)
+  # 1 − Q_S: q's mass where p = 0 (small here, since KL ≥ −log Q_S and the plain KL < 1e-2).
+  q_outside = jnp.sum(jnp.where(possible, 0.0, jnp.exp(jax.nn.log_softmax(q_logits))))
+  refined = a - (b - jnp.log1p(b)) - jnp.log1p(-q_outside)
+  return jnp.where(near, refined, plain)
