@@ -12,6 +12,7 @@ import numpy as np
 
 from klax import _checks
 from klax._fit import FitResult
+from klax._gradients import right_tail_shape
 from klax._monte_carlo import Estimate
 from klax._monte_carlo import mean_and_stderr
 from klax._monte_carlo import sample_and_log_prob
@@ -24,9 +25,12 @@ class Basin(NamedTuple):
     params: the mean parameters of its members (a pytree like one member's parameters).
     count: how many fits ended in it.
     members: their indices in the batch.
-    loss_mean: mean final loss of the members.
+    loss_mean: mean final (last recorded, or `final_losses`) loss of the members.
     loss_std: standard deviation of the members' final losses.
     value: `value_fn(params)` when one was given (e.g. an exact KL by quadrature), else None.
+    evaluation: with `loss` and `key`, the members' loss re-evaluated at their final parameters
+      with `num_evaluations` fixed keys: `Estimate(mean, stderr, pareto_k)` over the keys (the
+      loss averaged over the members for each key); else None.
   """
 
   params: Any
@@ -35,19 +39,48 @@ class Basin(NamedTuple):
   loss_mean: float
   loss_std: float
   value: float | None
+  evaluation: Estimate | None = None
 
 
-def _member_features(params_batch, features) -> np.ndarray:
+def _member_features(params_batch, features, size: int) -> np.ndarray:
   if features is not None:
-    return np.asarray(jax.vmap(features)(params_batch), np.float64).reshape(_size(params_batch), -1)
-  leaves = [
-    np.asarray(x, np.float64).reshape(x.shape[0], -1) for x in jax.tree.leaves(params_batch)
-  ]
+    return np.asarray(jax.vmap(features)(params_batch), np.float64).reshape(size, -1)
+  leaves = [np.asarray(x, np.float64).reshape(size, -1) for x in jax.tree.leaves(params_batch)]
   return np.concatenate(leaves, axis=1)
+
+
+def _evaluations(loss, params_batch, key, num_evaluations: int) -> np.ndarray:
+  """loss(θ_i, k_j) for every member i and the same fixed keys k_j: [B, num_evaluations]."""
+  keys = jax.random.split(_checks.prng_key(key, "key"), num_evaluations)
+  over_keys = jax.vmap(loss, in_axes=(None, 0))
+  table = jax.jit(lambda ps: jax.lax.map(lambda p: over_keys(p, keys), ps))(params_batch)
+  table = np.asarray(table, np.float64)
+  if table.shape != (_size(params_batch), num_evaluations):
+    raise ValueError(f"`loss(params, key)` must return a scalar, got shape {table.shape[2:]}.")
+  return table
 
 
 def _size(params_batch) -> int:
   return int(jax.tree.leaves(params_batch)[0].shape[0])
+
+
+def _check_report_arguments(result, tolerance, features, final_losses, value_fn, loss, key, num):
+  if not isinstance(result, FitResult):
+    raise TypeError(
+      f"`result` must be the FitResult of klax.fit_batch, got {type(result).__name__}."
+    )
+  _checks.finite_positive(tolerance, "tolerance")
+  for name, fn in (("features", features), ("value_fn", value_fn), ("loss", loss)):
+    _checks.callable_or_none(fn, name)
+  size = _size(result.params)
+  if final_losses is not None:
+    final_losses = _checks.float_array(final_losses, "final_losses")
+    if final_losses.shape != (size,):
+      raise ValueError(f"`final_losses` must have shape [{size}], got {final_losses.shape}.")
+  if (loss is None) != (key is None):
+    raise ValueError("`loss` and `key` go together: pass both to re-evaluate, or neither.")
+  if _checks.positive_int(num, "num_evaluations") < 2:
+    raise ValueError(f"`num_evaluations` must be at least 2 for a standard error, got {num}.")
 
 
 def basin_report(
@@ -57,30 +90,45 @@ def basin_report(
   features: Callable[[Any], Any] | None = None,
   final_losses=None,
   value_fn: Callable[[Any], Any] | None = None,
+  loss: Callable[[Any, jax.Array], Any] | None = None,
+  key: jax.Array | None = None,
+  num_evaluations: int = 64,
 ) -> list[Basin]:
-  """Groups the members of a `fit_batch` result by the optimum they reached.
+  """Groups the members of a `fit_batch` result by the optimum they reached, best first.
 
   Member i joins basin b when max_j |φ(θ_i)_j − c_b,j| ≤ tolerance, c_b = mean of φ over b's
   members (φ = `features`).
 
-  Members are taken in order of increasing final loss; each joins the first basin whose
-  centroid (the mean feature vector of its members so far) lies within `tolerance` of it in the
-  max-norm, and otherwise starts a new basin. Features default to all parameters
-  flattened; pass `features(params) -> array` to compare in another space (e.g. (μ, σ) of the
-  distribution instead of raw (μ, log σ), or sorted mixture components to undo label switching).
-  Diverged fits are left out.
+  Members are taken in order of increasing score; each joins the first basin whose centroid
+  (the mean feature vector of its members so far) lies within `tolerance` of it in the max-norm,
+  and otherwise starts a new basin. Features default to all parameters flattened; pass
+  `features(params) -> array` to compare in another space (e.g. (μ, σ) of the distribution
+  instead of raw (μ, log σ), or sorted mixture components to undo label switching). Diverged
+  fits, and fits whose score is not finite, are left out.
+
+  The score of member i is, with `loss` and `key`, ē_i = (1/L) Σ_j loss(θ_i, k_j) over L =
+  `num_evaluations` fixed keys shared by all members (a low-variance re-evaluation: use it for
+  Monte Carlo losses, whose last recorded value is one noisy draw that can make a lucky member
+  look best); otherwise its final loss (`final_losses`, default the last recorded loss — right
+  for deterministic losses). Basins are ranked by `value` when `value_fn` is given, else by the
+  mean score of their members (NaN values last).
 
   Args:
     result: the `FitResult` of `klax.fit_batch`.
-    tolerance: distance (max-norm, in feature units) within which two fits share a basin.
+    tolerance: finite positive distance (max-norm, in feature units) within which two fits share
+      a basin.
     features: optional map from one member's params to a feature vector.
-    final_losses: optional [B] array of final losses to rank and summarise by (default: the
-      last recorded loss; pass an average over the last steps for noisy Monte Carlo losses).
+    final_losses: optional [B] array of final losses to summarise (and, without `loss`, rank) by.
     value_fn: optional function of a basin's mean params giving a reference value (e.g. the
       exact KL by quadrature or closed form), stored in `Basin.value`.
+    loss: optional `loss(params, key) -> scalar` (e.g. the loss that was fitted) to re-evaluate
+      each member at its final params; needs `key`.
+    key: a `jax.random` key, split into the `num_evaluations` evaluation keys.
+    num_evaluations: L, the number of evaluation keys (at least 2).
 
   Returns:
-    The basins, best (lowest mean final loss, or lowest `value` when `value_fn` is given) first.
+    The basins, best first. Bad arguments raise `TypeError`/`ValueError` naming them (not
+    jittable: a host-level driver).
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, klax
@@ -88,16 +136,21 @@ def basin_report(
     >>> loss = klax.reverse_kl_loss(klax.families.normal(), log_p, 32)
     >>> starts = {"loc": jnp.array([-5.0, -4.0, -3.5, -2.0, 2.0, 3.5, 4.0, 5.0]), "log_scale": jnp.zeros(8)}
     >>> result = klax.fit_batch(loss, starts, optax.adam(0.05), jax.random.key(0), 300)
-    >>> sorted((round(float(b.params["loc"])), b.count) for b in klax.basin_report(result, tolerance=0.3))
+    >>> basins = klax.basin_report(result, tolerance=0.3, loss=loss, key=jax.random.key(1))
+    >>> sorted((round(float(b.params["loc"])), b.count) for b in basins)
     [(-3, 4), (3, 4)]
   """
-  if tolerance <= 0:
-    raise ValueError(f"`tolerance` must be positive, got {tolerance}.")
+  _check_report_arguments(
+    result, tolerance, features, final_losses, value_fn, loss, key, num_evaluations
+  )
+  size = _size(result.params)
   losses = np.asarray(result.losses[:, -1] if final_losses is None else final_losses, np.float64)
-  keep = np.flatnonzero((np.asarray(result.diverged_at) < 0) & np.isfinite(losses))
-  vectors = _member_features(result.params, features)
+  table = None if loss is None else _evaluations(loss, result.params, key, num_evaluations)
+  scores = losses if table is None else table.mean(axis=1)
+  keep = np.flatnonzero((np.asarray(result.diverged_at) < 0) & np.isfinite(scores))
+  vectors = _member_features(result.params, features, size)
   groups: list[list[int]] = []
-  for index in keep[np.argsort(losses[keep], kind="stable")]:
+  for index in keep[np.argsort(scores[keep], kind="stable")]:
     for group in groups:
       centroid = vectors[group].mean(axis=0)
       if np.max(np.abs(vectors[index] - centroid)) <= tolerance:
@@ -110,6 +163,9 @@ def basin_report(
     members = np.array(group)
     params = jax.tree.map(lambda x, m=members: np.asarray(x)[m].mean(axis=0), result.params)
     value = None if value_fn is None else float(value_fn(params))
+    evaluation = None
+    if table is not None:
+      evaluation = mean_and_stderr(jnp.asarray(table[members].mean(axis=0)), warn_as=None)
     basins.append(
       Basin(
         params,
@@ -118,32 +174,12 @@ def basin_report(
         float(losses[members].mean()),
         float(losses[members].std()),
         value,
+        evaluation,
       )
     )
-  key = (lambda b: b.value) if value_fn is not None else (lambda b: b.loss_mean)
-  return sorted(basins, key=key)
-
-
-def _generalized_pareto_shape(exceedances: jax.Array) -> jax.Array:
-  """Shape k̂ of a generalized Pareto fit to sorted positive exceedances (Zhang & Stephens 2009).
-
-  The profile-likelihood-weighted estimate over a grid of m = 30 + ⌊√n⌋ candidate values of
-  θ = −k/σ, followed by the weakly informative prior of Vehtari et al. (k̂ shrunk toward 0.5 by
-  the weight of 10 pseudo-observations).
-  """
-  n = exceedances.shape[0]
-  m = 30 + int(np.sqrt(n))
-  quartile = exceedances[int(n / 4 + 0.5) - 1]
-  quartile = jnp.where(quartile > 0, quartile, jnp.finfo(exceedances.dtype).eps * exceedances[-1])
-  grid = 1.0 - jnp.sqrt(m / (jnp.arange(1, m + 1) - 0.5))
-  theta = grid / (3.0 * quartile) + 1.0 / exceedances[-1]
-  shapes = jnp.mean(jnp.log1p(-theta[:, None] * exceedances), axis=1)
-  profile = n * (jnp.log(-theta / shapes) - shapes - 1.0)
-  weights = 1.0 / jnp.sum(jnp.exp(profile[None, :] - profile[:, None]), axis=1)
-  weights = jnp.where(weights >= 10 * jnp.finfo(weights.dtype).eps, weights, 0.0)
-  theta_hat = jnp.sum(theta * weights) / jnp.sum(weights)
-  k = jnp.mean(jnp.log1p(-theta_hat * exceedances))
-  return (n * k + 10 * 0.5) / (n + 10)
+  if value_fn is not None:
+    return sorted(basins, key=lambda b: (np.isnan(b.value), b.value))
+  return sorted(basins, key=lambda b: float(scores[b.members].mean()))
 
 
 def pareto_shape(log_weights) -> jax.Array:
@@ -155,13 +191,14 @@ def pareto_shape(log_weights) -> jax.Array:
   approximation that proposed them) are reliable; 0.5–0.7 usable; > 0.7 unreliable — the weights
   have too heavy a tail for their mean to be estimated. Jit-able; S must be at least 25. When
   the largest weights are equal to within 1000 ulps (q ∝ p̃ up to rounding) there is no tail
-  and k̂ = −inf.
+  and k̂ = −inf. NaN or +inf among the log weights, or all of them −inf, give NaN (−inf entries
+  alone are zero weights). float16/bfloat16 input is promoted to float32 first.
 
   Args:
     log_weights: [S] log importance weights (any additive constant).
 
   Returns:
-    k̂, a scalar.
+    k̂, a scalar (float32 for float16/bfloat16 input).
 
   Examples:
     >>> import jax, klax
@@ -170,19 +207,15 @@ def pareto_shape(log_weights) -> jax.Array:
     >>> bool(klax.pareto_shape(light) < 0.5 < 0.7 < klax.pareto_shape(heavy))
     True
   """
-  log_weights = jnp.asarray(log_weights)
+  log_weights = _checks.promote_low_precision(_checks.float_array(log_weights, "log_weights"))
   if log_weights.ndim != 1 or log_weights.shape[0] < 25:
     raise ValueError(f"`log_weights` must have shape [S] with S >= 25, got {log_weights.shape}.")
-  size = log_weights.shape[0]
-  tail = int(np.ceil(min(0.2 * size, 3.0 * np.sqrt(size))))
-  ordered = jnp.sort(log_weights)
-  cutoff, largest = ordered[-tail - 1], ordered[-1]
-  exceedances = jnp.exp(ordered[-tail:] - largest) - jnp.exp(cutoff - largest)
-  # Equal weights (q ∝ p̃, up to rounding: the largest weights within 1000 ulps of each other)
-  # have no tail at all: k̂ = −inf.
-  degenerate = exceedances[-1] <= 1e3 * jnp.finfo(exceedances.dtype).eps
-  safe = jnp.where(degenerate, jnp.linspace(1.0, 2.0, tail), exceedances)
-  return jnp.where(degenerate, -jnp.inf, _generalized_pareto_shape(safe))
+  largest = jnp.max(log_weights)
+  # Weights relative to the largest; equal weights (q ∝ p̃ up to rounding: the largest within
+  # 1000 ulps of each other) have no tail at all, k̂ = −inf.
+  shape = right_tail_shape(jnp.exp(log_weights - largest))
+  undefined = jnp.isnan(largest) | (largest == jnp.inf) | (largest == -jnp.inf)
+  return jnp.where(undefined, jnp.nan, shape)
 
 
 class ReverseKLDiagnostics(NamedTuple):
@@ -219,7 +252,9 @@ def reverse_kl_diagnostics(
     num_samples: S, at least 25.
 
   Returns:
-    `ReverseKLDiagnostics(elbo, pareto_k, log_evidence, ess)`.
+    `ReverseKLDiagnostics(elbo, pareto_k, log_evidence, ess)`; `log_evidence.pareto_k` is the
+    same k̂ (the importance-sampling estimate's variance is that of the weights). float16/bfloat16
+    log densities are promoted to float32. Bad arguments raise at trace time.
 
   Examples:
     >>> import distrax, jax, klax
@@ -229,14 +264,21 @@ def reverse_kl_diagnostics(
     (True, True)
   """
   _checks.distribution(q, "q")
-  num_samples = _checks.positive_int(num_samples, "num_samples")
+  if not callable(log_density):
+    raise TypeError(f"`log_density` must be a function, got {type(log_density).__name__}.")
+  if _checks.positive_int(num_samples, "num_samples") < 25:
+    raise ValueError(f"`num_samples` must be at least 25 for k̂, got {num_samples}.")
+  _checks.prng_key(key, "key")
   x, log_q = sample_and_log_prob(q, key, num_samples)
-  log_w = jax.vmap(log_density)(x) - log_q
+  log_w = _checks.promote_low_precision(jax.vmap(log_density)(x)) - (
+    _checks.promote_low_precision(log_q)
+  )
   scaled = jnp.exp(log_w - jnp.max(log_w))
   mean_weight = jnp.mean(scaled)
   log_evidence = jnp.log(mean_weight) + jnp.max(log_w)
   stderr = jnp.std(scaled, ddof=1) / (jnp.sqrt(num_samples) * mean_weight)
   ess = jnp.sum(scaled) ** 2 / jnp.sum(scaled**2)
+  pareto_k = pareto_shape(log_w)
   return ReverseKLDiagnostics(
-    mean_and_stderr(log_w), pareto_shape(log_w), Estimate(log_evidence, stderr), ess
+    mean_and_stderr(log_w, warn_as=None), pareto_k, Estimate(log_evidence, stderr, pareto_k), ess
   )

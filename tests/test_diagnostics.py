@@ -1,5 +1,7 @@
 """basin_report: grouping multi-start fits by the optimum they reached."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -141,3 +143,104 @@ def test_gradient_variance_against_a_closed_form():
   assert abs(float(variance) - 3.0) < 4 * 3.0 * np.sqrt(2 / 20_000)
   with pytest.raises(ValueError, match="at least 2"):
     klax.gradient_variance(loss, jnp.ones(3), jax.random.key(0), 1)
+
+
+# Reverse KL of a normal q to 0.7 N(−3, 1) + 0.3 N(3, 1): one basin per mode, KL ≈ −log 0.7 at −3
+# and ≈ −log 0.3 at +3 (the loss is KL(q ‖ p) itself: the target is normalised).
+def _log_mixture(x):
+  return jnp.logaddexp(
+    jnp.log(0.7) + jax.scipy.stats.norm.logpdf(x, -3.0),
+    jnp.log(0.3) + jax.scipy.stats.norm.logpdf(x, 3.0),
+  )
+
+
+def _exact_reverse_kl(loc):  # By quadrature on a fine grid, in float64 numpy.
+  import scipy.stats
+
+  x = np.linspace(loc - 12, loc + 12, 200_001)
+  log_q = scipy.stats.norm.logpdf(x, loc)
+  log_p = np.logaddexp(
+    np.log(0.7) + scipy.stats.norm.logpdf(x, -3.0), np.log(0.3) + scipy.stats.norm.logpdf(x, 3.0)
+  )
+  return float(np.sum(np.exp(log_q) * (log_q - log_p)) * (x[1] - x[0]))
+
+
+def test_a_lucky_noisy_singleton_does_not_outrank_a_better_basin():
+  loss = klax.reverse_kl_loss(klax.families.normal(), _log_mixture, 8)  # Noisy: 8 draws.
+  # Five fits in the better basin (−3), one in the worse (+3) whose last stochastic loss was lucky.
+  result = _result([-3.01, -2.99, -3.0, -3.02, -2.98, 3.0], [0.4, 0.31, 0.38, 0.36, 0.35, 0.05])
+  by_last_loss = klax.basin_report(result, tolerance=0.2)
+  assert by_last_loss[0].count == 1  # The defect: ranked by one noisy draw.
+  basins = klax.basin_report(result, tolerance=0.2, loss=loss, key=jax.random.key(0))
+  assert [b.count for b in basins] == [5, 1]
+  for basin, loc in zip(basins, (-3.0, 3.0), strict=True):
+    est = basin.evaluation
+    assert float(est.stderr) < 0.05
+    assert abs(float(est.value) - _exact_reverse_kl(float(basin.params["loc"]))) < 4 * float(
+      est.stderr
+    ), (loc, est)
+    assert abs(float(basin.params["loc"]) - loc) < 0.05
+  assert float(basins[0].evaluation.value) + 4 * float(basins[0].evaluation.stderr) < float(
+    basins[1].evaluation.value
+  )
+
+
+@pytest.mark.parametrize(
+  "kwargs, error, message",
+  [
+    ({"tolerance": float("nan")}, ValueError, "`tolerance` must be positive and finite"),
+    ({"tolerance": float("inf")}, ValueError, "`tolerance` must be positive and finite"),
+    ({"tolerance": -1.0}, ValueError, "`tolerance` must be positive"),
+    ({"tolerance": "0.1"}, TypeError, "`tolerance` must be a positive float"),
+    ({"tolerance": True}, TypeError, "`tolerance` must be a positive float"),
+    ({"features": 3}, TypeError, "`features` must be a function"),
+    ({"value_fn": "exact"}, TypeError, "`value_fn` must be a function"),
+    ({"final_losses": jnp.zeros(2)}, ValueError, "`final_losses` must have shape [3]"),
+    ({"final_losses": jnp.zeros(3, jnp.int32)}, TypeError, "`final_losses` must have a floating"),
+    ({"loss": lambda p, k: 0.0}, ValueError, "`loss` and `key` go together"),
+    ({"key": jax.random.key(0)}, ValueError, "`loss` and `key` go together"),
+    ({"loss": lambda p, k: 0.0, "key": 0}, TypeError, "`key` must be a `jax.random` key"),
+    ({"num_evaluations": 1}, ValueError, "`num_evaluations` must be at least 2"),
+    ({"num_evaluations": 2.5}, TypeError, "`num_evaluations` must be a positive Python int"),
+  ],
+)
+def test_basin_report_rejects_bad_arguments_by_name(kwargs, error, message):
+  kwargs = {"tolerance": 0.1, **kwargs}
+  with pytest.raises(error, match=re.escape(message)):
+    klax.basin_report(_result([0.0, 1.0, 2.0], [1.0, 1.0, 1.0]), **kwargs)
+  with pytest.raises(TypeError, match="`result` must be the FitResult"):
+    klax.basin_report({"params": 1}, tolerance=0.1)
+
+
+def test_diagnostics_functions_reject_bad_arguments_by_name():
+  import distrax
+
+  q = distrax.Normal(0.0, 1.0)
+  with pytest.raises(ValueError, match="`num_samples` must be at least 25"):
+    klax.reverse_kl_diagnostics(q, _log_joint, jax.random.key(0), 10)
+  with pytest.raises(TypeError, match="`log_density` must be a function"):
+    klax.reverse_kl_diagnostics(q, None, jax.random.key(0), 100)
+  with pytest.raises(TypeError, match=re.escape("`key` must be a `jax.random` key")):
+    klax.reverse_kl_diagnostics(q, _log_joint, 0, 100)
+  with pytest.raises(TypeError, match="`log_weights` must have a floating-point dtype"):
+    klax.pareto_shape(jnp.arange(30))
+  with pytest.raises(TypeError, match="`loss` must be a function"):
+    klax.gradient_variance("loss", jnp.ones(2), jax.random.key(0), 4)
+  with pytest.raises(TypeError, match=re.escape("`key` must be a `jax.random` key")):
+    klax.gradient_variance(lambda p, k: jnp.sum(p), jnp.ones(2), 1.0, 4)
+
+
+def test_pareto_shape_nan_inf_and_low_precision():
+  log_weights = jnp.asarray(np.random.default_rng(3).normal(size=400) * 2.0, jnp.float32)
+  assert np.isnan(klax.pareto_shape(log_weights.at[7].set(jnp.nan)))
+  assert np.isnan(klax.pareto_shape(log_weights.at[7].set(jnp.inf)))
+  assert np.isnan(klax.pareto_shape(jnp.full(30, -jnp.inf)))
+  # −inf entries are zero weights: the same k̂ as without them, to the tail's rounding.
+  with_zeros = jnp.concatenate([log_weights, jnp.full(5, -jnp.inf)])
+  assert np.isfinite(klax.pareto_shape(with_zeros))
+  for dtype in (jnp.bfloat16, jnp.float16):  # bfloat16 gave −inf (its eps made the tail "flat").
+    low = log_weights.astype(dtype)
+    got = klax.pareto_shape(low)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, klax.pareto_shape(low.astype(jnp.float32)), rtol=1e-6)
+    assert abs(float(got) - float(klax.pareto_shape(log_weights))) < 0.1

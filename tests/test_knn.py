@@ -94,3 +94,49 @@ def test_bad_arguments():
     klax.kl_divergence_knn(jnp.zeros((2, 2, 2)), x)
   with pytest.raises(TypeError, match="`y` must have a floating-point dtype"):
     klax.kl_divergence_knn(x, jnp.zeros((5, 2), jnp.int32))
+
+
+def test_nan_or_inf_in_either_sample_gives_nan():
+  x = jax.random.normal(jax.random.key(6), (50, 2))
+  y = jax.random.normal(jax.random.key(7), (40, 2))
+  knn = jax.jit(klax.kl_divergence_knn, static_argnums=2)
+  assert jnp.isfinite(knn(x, y, 1))
+  for bad in (jnp.nan, jnp.inf, -jnp.inf):
+    assert jnp.isnan(knn(x.at[3, 1].set(bad), y, 1)), bad
+    assert jnp.isnan(knn(x, y.at[5, 0].set(bad), 1)), bad  # A NaN in y was dropped, m kept.
+
+
+def test_fewer_than_k_neighbours_at_non_zero_distance_gives_nan():
+  x = jnp.concatenate([jnp.zeros((5, 1)), jnp.ones((5, 1))])  # Each x_i: 5 others at distance 1.
+  y = jax.random.normal(jax.random.key(8), (20, 1))
+  assert jnp.isfinite(klax.kl_divergence_knn(x, y, k=5))
+  assert jnp.isnan(klax.kl_divergence_knn(x, y, k=6))
+
+
+def test_scale_invariant_from_1e_minus_30_to_1e30():
+  """At 1e-19 squared distances underflowed and counted as duplicates (0.43 for 0.87)."""
+  kx, ky = jax.random.split(jax.random.key(9))
+  x = jax.random.normal(kx, (400, 3))
+  y = 0.5 + 1.5 * jax.random.normal(ky, (400, 3))
+  reference = float(klax.kl_divergence_knn(x, y, k=2))
+  for scale in (1e-30, 1e-19, 1e-10, 1e10, 1e19, 1e30):
+    got = klax.kl_divergence_knn(x * scale, y * scale, k=2)
+    np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5, err_msg=str(scale))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_low_precision_samples_are_promoted(dtype):
+  x = jax.random.normal(jax.random.key(10), (200, 2)).astype(dtype)
+  y = (1.0 + jax.random.normal(jax.random.key(11), (200, 2))).astype(dtype)
+  got = klax.kl_divergence_knn(x, y, k=3)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(
+    got, klax.kl_divergence_knn(x.astype(jnp.float32), y.astype(jnp.float32), k=3), rtol=1e-6
+  )
+
+
+def test_zero_dimensional_points_are_rejected_by_name():
+  with pytest.raises(ValueError, match=r"`x` must have at least one coordinate per point"):
+    klax.kl_divergence_knn(jnp.zeros((5, 0)), jnp.zeros((5, 0)))
+  with pytest.raises(ValueError, match=r"`y` must have at least one coordinate per point"):
+    klax.kl_divergence_knn(jnp.zeros((5, 2)), jnp.zeros((5, 0)))
