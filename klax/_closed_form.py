@@ -27,6 +27,26 @@ def _type_name(d: Any) -> str:
   return f"{type(d).__module__.split('.')[0]}.{type(d).__name__}"
 
 
+def _batch_shape(p, q) -> tuple[int, ...]:
+  """broadcast(p.batch_shape, q.batch_shape), or `ValueError` naming both."""
+  shapes = tuple(p.batch_shape), tuple(q.batch_shape)
+  try:
+    return jnp.broadcast_shapes(*shapes)
+  except ValueError as error:
+    raise ValueError(
+      f"The batch shapes of `p` ({_type_name(p)}, {shapes[0]}) and `q` ({_type_name(q)}, "
+      f"{shapes[1]}) do not broadcast."
+    ) from error
+
+
+def _with_shape(value, shape: tuple[int, ...]) -> jax.Array:
+  """`value` broadcast to the batch shape (a library's result may drop or keep size-1 axes)."""
+  value = jnp.asarray(value)
+  if value.shape != shape:
+    value = jnp.broadcast_to(value.reshape(value.shape[value.ndim - len(shape) :]), shape)
+  return value
+
+
 def kl_divergence(p, q) -> jax.Array:
   """Closed-form KL divergence between two distributions.
 
@@ -59,11 +79,12 @@ def kl_divergence(p, q) -> jax.Array:
   _checks.distribution(p, "p")
   _checks.distribution(q, "q")
   _checks.same_event_shape(p, q)
+  shape = _batch_shape(p, q)
   override = _registrations.override(p, q)
   if override is not None:
-    return jnp.asarray(override(p, q))
+    return _with_shape(override(p, q), shape)
   try:
-    return jnp.asarray(tfd.kl_divergence(p, q))
+    return _with_shape(tfd.kl_divergence(p, q), shape)
   except NotImplementedError as error:
     raise UnsupportedDistributionError(
       f"No closed-form KL divergence for p: {_type_name(p)} and q: {_type_name(q)}. "
@@ -94,7 +115,7 @@ def entropy(p) -> jax.Array:
   """
   _checks.distribution(p, "p")
   try:
-    return jnp.asarray(p.entropy())
+    return _with_shape(p.entropy(), tuple(p.batch_shape))
   except NotImplementedError as error:
     raise UnsupportedDistributionError(
       f"No closed-form entropy for p: {_type_name(p)}. "

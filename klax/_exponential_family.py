@@ -26,10 +26,15 @@ def kl_divergence_exponential_family(
     log_normalizer: A(η) -> scalar, for the natural parameters of one distribution (a pytree of
       arrays). Use `jax.vmap` over this function for batches.
     natural_params_p: η_p, a pytree of float arrays.
-    natural_params_q: η_q, a pytree with the same structure.
+    natural_params_q: η_q, a pytree with the same structure and leaf shapes.
 
   Returns:
     A scalar.
+
+  Raises:
+    TypeError: `log_normalizer` is not callable.
+    ValueError: η_p and η_q differ in pytree structure or in any leaf's shape (no silent
+      broadcasting), or A does not return a scalar.
 
   Examples:
     >>> import jax.numpy as jnp, klax
@@ -47,6 +52,13 @@ def kl_divergence_exponential_family(
       "`natural_params_p` and `natural_params_q` must have the same pytree structure, got "
       f"{jax.tree.structure(natural_params_p)} and {jax.tree.structure(natural_params_q)}."
     )
+  for path, (leaf_p, leaf_q) in _leaf_pairs(natural_params_p, natural_params_q):
+    if jnp.shape(leaf_p) != jnp.shape(leaf_q):
+      raise ValueError(
+        "`natural_params_p` and `natural_params_q` must have the same shapes, leaf by leaf "
+        f"(they are one distribution's parameters each), got {jnp.shape(leaf_p)} and "
+        f"{jnp.shape(leaf_q)}{path}. Use `jax.vmap` for a batch."
+      )
   a_q = log_normalizer(natural_params_q)
   if jnp.ndim(a_q) != 0:
     raise ValueError(f"`log_normalizer` must return a scalar, got shape {jnp.shape(a_q)}.")
@@ -55,3 +67,12 @@ def kl_divergence_exponential_family(
     lambda g, q, p: jnp.sum(g * (q - p)), grad_a_p, natural_params_q, natural_params_p
   )
   return a_q - a_p - sum(jax.tree.leaves(steps))
+
+
+def _leaf_pairs(tree_p, tree_q):
+  """((" at <path>" or "", (leaf of p, leaf of q))) for each leaf of two same-structure trees."""
+  leaves_p = jax.tree_util.tree_flatten_with_path(tree_p)[0]
+  leaves_q = jax.tree.leaves(tree_q)
+  for (path, leaf_p), leaf_q in zip(leaves_p, leaves_q, strict=True):
+    where = f" at {jax.tree_util.keystr(path)}" if path else ""
+    yield where, (leaf_p, leaf_q)

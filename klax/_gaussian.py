@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 
+import distrax
 import jax
 import jax.numpy as jnp
 
@@ -52,8 +53,8 @@ def _broadcast_solve(chol: jax.Array, rhs: jax.Array) -> jax.Array:
 
 @jax.jit
 def log_det(chol: jax.Array) -> jax.Array:
-  """Log |Σ| = 2 Σ_i log L_ii for Σ = L Lᵀ."""
-  return 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+  """Log |Σ| = 2 Σ_i log |L_ii| for Σ = L Lᵀ (L triangular, its diagonal of any signs)."""
+  return 2.0 * jnp.sum(jnp.log(jnp.abs(jnp.diagonal(chol, axis1=-2, axis2=-1))), axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames="lapack")
@@ -63,9 +64,9 @@ def kl(
   """KL(N(m_p, Σ_p) ‖ N(m_q, Σ_q)).
 
   = ½ [tr(Σ_q⁻¹ Σ_p) + (m_q − m_p)ᵀ Σ_q⁻¹ (m_q − m_p) − d + log|Σ_q| − log|Σ_p|],
-  computed from Cholesky factors. With M = L_q⁻¹ L_p (lower triangular) and u_i = log M_ii =
-  log(L_p,ii / L_q,ii), tr(Σ_q⁻¹ Σ_p) − d + log|Σ_q| − log|Σ_p| = Σ_{i≠j} M_ij² +
-  Σ_i (e^{2u_i} − 1 − 2u_i): every term is non-negative and is evaluated as such (expm1), so
+  computed from lower-triangular factors (Σ = L Lᵀ; a negative diagonal entry is allowed, as in
+  TFP). With M = L_q⁻¹ L_p (lower triangular) and u_i = log |M_ii| = log |L_p,ii / L_q,ii|,
+  tr(Σ_q⁻¹ Σ_p) − d + log|Σ_q| − log|Σ_p| = Σ_{i≠j} M_ij² + Σ_i (e^{2u_i} − 1 − 2u_i): every term is non-negative and is evaluated as such (expm1), so
   the KL is never negative, is exactly 0 for p = q, and takes logs of ratios rather than
   differences of logs (no cancellation at large or small scales).
 
@@ -92,7 +93,7 @@ def kl(
   m, z = solution[..., :d], solution[..., d]
   off_diagonal = jnp.sum(jnp.where(jnp.eye(d, dtype=bool), 0.0, m) ** 2, axis=(-2, -1))
   diagonal = functools.partial(jnp.diagonal, axis1=-2, axis2=-1)
-  u = jnp.log(diagonal(chol_p) / diagonal(chol_q))
+  u = jnp.log(jnp.abs(diagonal(chol_p) / diagonal(chol_q)))  # Any signs: Σ = L Lᵀ.
   return 0.5 * (off_diagonal + jnp.sum(jnp.expm1(2 * u) - 2 * u, axis=-1) + jnp.sum(z**2, axis=-1))
 
 
@@ -110,3 +111,43 @@ def log_overlap(mean_a: jax.Array, cov_a: jax.Array, mean_b: jax.Array, cov_b: j
   chol = cholesky(cov_a + cov_b)
   z = _broadcast_solve(chol, (mean_a - mean_b)[..., None])
   return -0.5 * (d * math.log(2 * math.pi) + log_det(chol) + jnp.sum(z**2, axis=(-2, -1)))
+
+
+# Distribution-level forms (klax's registrations and overrides).
+
+
+def _lower_scale(d) -> jax.Array:
+  """The lower-triangular scale L (Σ = L Lᵀ) of a (lower) Tri or Diag multivariate normal."""
+  if isinstance(d, distrax.MultivariateNormalTri):
+    return d.scale_tri
+  if isinstance(d, distrax.MultivariateNormalDiag):
+    return d.scale_diag[..., None] * jnp.eye(d.event_shape[-1], dtype=d.scale_diag.dtype)
+  return d.scale.to_dense()  # TFP's MultivariateNormalTriL and MultivariateNormalDiag.
+
+
+def kl_scaled_mvn(a, b, name=None):
+  """KL between multivariate normals from their lower-triangular scales.
+
+  No covariance is formed (scales of 1e±20 stay representable in float32) and none is factorised
+  again; KL(p ‖ p) is exactly 0.
+  """
+  del name
+  lapack = a.event_shape[-1] >= 8  # One LAPACK solve beats forward substitution from d ≈ 8.
+  scales, means = (_lower_scale(a), _lower_scale(b)), (a.mean(), b.mean())
+  valid = True
+  for scale, mean in zip(scales, means, strict=True):
+    diagonal = jnp.diagonal(scale, axis1=-2, axis2=-1)
+    valid = valid & jnp.all(jnp.isfinite(mean), -1) & jnp.all(jnp.isfinite(scale), (-2, -1))
+    valid = valid & jnp.all(diagonal != 0, -1)  # A singular scale: no density.
+  value = kl(means[0], scales[0], means[1], scales[1], lapack=lapack)
+  return jnp.where(valid, value, jnp.nan)
+
+
+def kl_mvn_mvn(a, b, name=None):
+  del name
+  return kl(
+    a.mean(),
+    cholesky(a.covariance()),
+    b.mean(),
+    cholesky(b.covariance()),
+  )

@@ -323,3 +323,25 @@ def test_multivariate_normals_from_their_scales_match_numpy(d):
     distrax.MultivariateNormalDiag(jnp.zeros(d), jnp.full(d, 2.0)),
   )
   assert float(same) == 0.0
+
+
+def test_results_have_the_broadcast_batch_shape_whatever_the_library_returns():
+  # distrax's VonMises entropy depends on the concentration only: (4, 4) from a scalar one.
+  von_mises = distrax.VonMises(jnp.zeros((4, 4)), 1.0)
+  assert klax.entropy(von_mises).shape == (4, 4)
+  np.testing.assert_allclose(klax.entropy(von_mises), float(von_mises.entropy()), rtol=1e-6)
+  assert klax.cross_entropy(von_mises, distrax.VonMises(0.5, 2.0)).shape == (4, 4)
+  p, q = tfd.Categorical(logits=jnp.zeros((4, 3))), tfd.Categorical(logits=jnp.arange(3.0))
+  np.testing.assert_allclose(klax.kl_divergence(p, q), tfd.kl_divergence(p, q), rtol=1e-6)
+  got = klax.kl_divergence(tfd.Bernoulli(logits=jnp.zeros(4)), tfd.Bernoulli(logits=1.0))
+  np.testing.assert_allclose(
+    got, np.full(4, scipy.stats.entropy([0.5, 0.5], [0.2689414, 0.7310586])), rtol=1e-5
+  )
+  with pytest.raises(ValueError, match=r"batch shapes of `p`.*\(2,\).*`q`.*\(3,\)"):
+    klax.kl_divergence(distrax.Normal(jnp.zeros(2), 1.0), distrax.Normal(jnp.zeros(3), 1.0))
+
+
+def test_categoricals_with_different_numbers_of_categories_raise_naming_both():
+  p, q = tfd.Categorical(logits=jnp.zeros(3)), distrax.Categorical(logits=jnp.zeros(4))
+  with pytest.raises(ValueError, match="same number of categories, got 3 in p and 4 in q"):
+    klax.kl_divergence(p, q)

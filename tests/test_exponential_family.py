@@ -73,3 +73,14 @@ def test_bad_arguments():
     klax.kl_divergence_exponential_family(jnp.exp, {"a": 1.0}, [1.0])
   with pytest.raises(ValueError, match="must return a scalar"):
     klax.kl_divergence_exponential_family(jnp.exp, jnp.ones(2), jnp.ones(2))
+
+
+def test_natural_parameters_of_different_shapes_raise_naming_them():
+  with pytest.raises(
+    ValueError, match=r"`natural_params_p` and `natural_params_q`.*\(2,\) and \(1,\)"
+  ):
+    klax.kl_divergence_exponential_family(jax.nn.logsumexp, jnp.zeros(2), jnp.ones(1))
+  with pytest.raises(ValueError, match=r"at \['a'\]"):
+    klax.kl_divergence_exponential_family(
+      lambda eta: jnp.sum(eta["a"]), {"a": jnp.zeros(2)}, {"a": jnp.ones(1)}
+    )
