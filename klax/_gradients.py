@@ -77,6 +77,7 @@ def tail_length(size: int) -> int:
   return int(np.ceil(min(0.2 * size, 3.0 * np.sqrt(size))))
 
 
+@jax.jit  # One XLA program per shape: eager callers do not dispatch its many operations one by one.
 def right_tail_shape(values: jax.Array) -> jax.Array:
   """k̂ of the right tail of finite values [S] (any order); −inf when that tail is flat.
 
@@ -110,6 +111,7 @@ def right_tail_shape(values: jax.Array) -> jax.Array:
   return jnp.where(flat, -jnp.inf, generalized_pareto_shape(safe))
 
 
+@jax.jit
 def terms_pareto_shape(terms: jax.Array, log_weights: jax.Array | None = None) -> jax.Array:
   """k̂ of the heavier tail of Monte Carlo terms [S, *batch], per batch element.
 

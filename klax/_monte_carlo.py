@@ -66,7 +66,8 @@ class Estimate:
       docstring): below 0.5 the terms have a finite variance and `stderr` is meaningful; above 0.5
       it understates the error; above 0.7 the estimate is unreliable. NaN when it cannot be
       estimated (fewer than 25 samples, or non-finite terms); −inf when the tail is flat (equal
-      terms); None when it was not computed (an `Estimate` built by hand).
+      terms); None when it was not computed (an `Estimate` built by hand). A constant under
+      `jax.grad`.
   """
 
   value: jax.Array
@@ -87,10 +88,11 @@ def warn_if_heavy_tailed(estimate: Estimate, what: str, stacklevel: int = 3) -> 
   worst = float(jnp.nan_to_num(jnp.max(estimate.pareto_k), nan=-jnp.inf))
   if worst > 0.5:
     warnings.warn(
-      f"{what}: the Monte Carlo terms have a heavy tail (Pareto k̂ = {worst:.2f} > 0.5): their "
-      "variance is infinite, so `stderr` understates the error"
+      f"{what}: the Monte Carlo terms have a heavy tail (Pareto k̂ = {worst:.2f} > 0.5, fewer "
+      "than two finite moments), so `stderr` understates the error"
       + (" and the estimate is unreliable" if worst > 0.7 else "")
-      + ". Use a lower-variance estimator (e.g. k1 rather than k3) or a better-matched pair.",
+      + (". k1's terms (ℓ) may have lighter tails" if "(k2)" in what or "(k3)" in what else "")
+      + ". More samples, or a better-matched pair, settle whether the tail is real.",
       RuntimeWarning,
       stacklevel=stacklevel,
     )
@@ -141,7 +143,9 @@ def mean_and_stderr(
   stderr = (
     jnp.std(values, axis=0, ddof=1) / math.sqrt(n) if n > 1 else jnp.full_like(values[0], jnp.inf)
   )
-  estimate = Estimate(jnp.mean(values, axis=0), stderr, terms_pareto_shape(values, log_weights))
+  # k̂ is a diagnostic, not differentiated (jax.grad through an Estimate sees a constant).
+  shape = terms_pareto_shape(*jax.lax.stop_gradient((values, log_weights)))
+  estimate = Estimate(jnp.mean(values, axis=0), stderr, shape)
   if warn_as is not None:
     warn_if_heavy_tailed(estimate, warn_as, stacklevel=4)
   return estimate

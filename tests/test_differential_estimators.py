@@ -88,7 +88,8 @@ def test_knn_gradients_are_finite_under_vmap():
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.standard_normal((3, N_X, 2)) * 1e-25, jnp.float32)
   y = jnp.asarray(rng.standard_normal((3, N_Y, 2)) * 1e-25 + 1e-25, jnp.float32)
-  grads = jax.vmap(jax.grad(lambda a, b: klax.kl_divergence_knn(a, b, 2), argnums=(0, 1)))(x, y)
+  grad = jax.grad(lambda a, b: klax.kl_divergence_knn(a, b, 2), argnums=(0, 1))
+  grads = jax.jit(jax.vmap(grad))(x, y)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
 
 
@@ -167,6 +168,16 @@ def test_pareto_shape_matches_arviz(size, family, spread, shift, seed):
   got = _PARETO[size](jnp.asarray(log_weights))
   assert got.dtype == jnp.float32 and got.shape == ()
   np.testing.assert_allclose(float(got), expected, atol=5e-4)
+
+
+def test_pareto_shape_under_jit_vmap_and_grad():
+  log_weights = jnp.asarray(np.random.default_rng(5).standard_normal((3, 100)), jnp.float32)
+  single = _PARETO[100]
+  np.testing.assert_allclose(
+    jax.jit(jax.vmap(klax.pareto_shape))(log_weights), [single(w) for w in log_weights], rtol=1e-5
+  )
+  grads = jax.jit(jax.vmap(jax.grad(klax.pareto_shape)))(log_weights)
+  assert bool(jnp.all(jnp.isfinite(grads)))
 
 
 @jax.jit

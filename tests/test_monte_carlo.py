@@ -188,20 +188,38 @@ def test_bad_arguments():
     klax.kl_from_log_ratio(jnp.zeros(3), "kl")
   with pytest.raises(TypeError, match="`q` must be a distrax"):
     klax.cross_entropy_mc(p, "normal", KEY, 10)
+  for call in (
+    lambda: klax.kl_divergence_mc(p, p, 0, 10),
+    lambda: klax.entropy_mc(p, jnp.zeros(2), 10),
+    lambda: klax.cross_entropy_mc(p, p, "key", 10),
+  ):
+    with pytest.raises(TypeError, match=r"`key` must be a `jax\.random` key"):
+      call()
+  with pytest.raises(TypeError, match="`log_ratio` must have a floating-point dtype"):
+    klax.kl_from_log_ratio(jnp.arange(3), "k1")
 
 
 def test_estimate_unpacks_as_a_pair_and_travels_through_jit_and_vmap():
   p, q = distrax.Normal(0.0, 1.0), distrax.Normal(0.5, 1.0)
-  est = klax.kl_divergence_mc(p, q, KEY, 1_000)
-  value, stderr = est
-  assert value is est.value and stderr is est.stderr and est[1] is est.stderr
-  assert est.pareto_k.shape == () and float(est.pareto_k) < 0.5
   batched = jax.jit(jax.vmap(lambda k: klax.kl_divergence_mc(p, q, k, 1_000)))(
     jax.random.split(KEY, 3)
   )
   assert batched.value.shape == batched.stderr.shape == batched.pareto_k.shape == (3,)
+  assert np.all(np.asarray(batched.pareto_k) < 0.5)
+  value, stderr = batched
+  assert value is batched.value and stderr is batched.stderr and batched[1] is batched.stderr
   assert klax.Estimate(1.0, 0.1).pareto_k is None
-  assert np.isnan(klax.kl_divergence_mc(p, q, KEY, 10).pareto_k)  # k̂ needs 25 samples.
+  few = jax.jit(lambda k: klax.kl_divergence_mc(p, q, k, 10))(KEY)
+  assert np.isnan(few.pareto_k) and np.isfinite(few.stderr)  # k̂ needs at least 25 samples.
+
+
+def test_heavy_tails_warn_outside_jit_and_light_ones_do_not():
+  p, q = distrax.Normal(0.0, 1.0), distrax.Normal(0.0, 3.0)
+  with pytest.warns(RuntimeWarning, match=r"kl_divergence_mc\(k3\): .* heavy tail"):
+    klax.kl_divergence_mc(p, q, KEY, 4_000, "k3")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", RuntimeWarning)
+    klax.kl_divergence_mc(p, q, KEY, 4_000, "k1")
 
 
 def tfd_student_t(df):
@@ -212,12 +230,10 @@ _WIDE, _NARROW = distrax.Normal(0.0, 3.0), distrax.Normal(0.0, 1.0)
 
 
 def _flags(estimate_fn, keys=16):
-  """k̂ over `keys` fixed keys (one jit, vmapped), and whether eager calls warn."""
-  ks = jax.jit(jax.vmap(lambda k: estimate_fn(k).pareto_k))(jax.random.split(KEY, keys))
-  with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    estimate_fn(KEY)
-  return np.asarray(ks), [w for w in caught if issubclass(w.category, RuntimeWarning)]
+  """k̂ over `keys` fixed keys (one jit, vmapped)."""
+  return np.asarray(
+    jax.jit(jax.vmap(lambda k: estimate_fn(k).pareto_k))(jax.random.split(KEY, keys))
+  )
 
 
 @pytest.mark.parametrize(
@@ -249,11 +265,11 @@ def _flags(estimate_fn, keys=16):
   ],
 )
 def test_infinite_variance_terms_are_flagged_across_keys(name, estimate_fn):
-  ks, caught = _flags(estimate_fn)
+  readme = "README" in name  # Its 100,000-sample runs: 8 keys, not 16.
+  ks = _flags(estimate_fn, keys=8 if readme else 16)
   # The README pair's tail is still pre-asymptotic at n = 100,000 (k̂ median 0.61, not 0.86):
-  # one key in 16 may read 0.5 (where 40 keys gave 17 misses of 2 s.e.).
-  assert np.mean(ks > 0.5) >= (15 / 16 if "README" in name else 1.0), (name, ks)
-  assert len(caught) == 1 and "heavy tail" in str(caught[0].message), name
+  # one key in 8 may read 0.5 (where 40 keys gave 17 misses of 2 s.e.).
+  assert np.mean(ks > 0.5) >= (7 / 8 if readme else 1.0), (name, ks)
 
 
 @pytest.mark.parametrize(
@@ -274,9 +290,8 @@ def test_infinite_variance_terms_are_flagged_across_keys(name, estimate_fn):
   ],
 )
 def test_finite_variance_terms_are_not_flagged(name, estimate_fn):
-  ks, caught = _flags(estimate_fn)
+  ks = _flags(estimate_fn)
   assert np.all(ks < 0.5), (name, ks)
-  assert not caught, name
 
 
 @pytest.mark.parametrize("estimator", ["k1", "k3"])
@@ -306,7 +321,9 @@ def test_low_precision_is_promoted_before_any_arithmetic(dtype):
   np.testing.assert_allclose(got, np.expm1(-exact) + exact, rtol=2e-6)  # bf16 gave 0 at 0.002.
   p = distrax.Normal(jnp.asarray(0.0, dtype), jnp.asarray(1.0, dtype))
   q = distrax.Normal(jnp.asarray(0.25, dtype), jnp.asarray(1.0, dtype))
-  for est in (klax.kl_divergence_mc(p, q, KEY, 4_000, "k3"), klax.entropy_mc(p, KEY, 4_000)):
+  k3, h = jax.jit(
+    lambda k: (klax.kl_divergence_mc(p, q, k, 20_000, "k3"), klax.entropy_mc(p, k, 20_000))
+  )(KEY)
+  for est in (k3, h):
     assert est.value.dtype == est.stderr.dtype == est.pareto_k.dtype == jnp.float32
-  est = klax.kl_divergence_mc(p, q, KEY, 20_000, "k3")
-  assert abs(float(est.value) - 0.03125) < 4 * float(est.stderr) + 2e-3  # bf16 samples' rounding.
+  assert abs(float(k3.value) - 0.03125) < 4 * float(k3.stderr) + 2e-3  # bf16 samples' rounding.
