@@ -29,6 +29,8 @@ probabilities: non-negative and summing to 1 along `axis` within `probability_to
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -254,6 +256,11 @@ def entropy_logits(logits, axis: int = -1, *, where=None) -> jax.Array:
     1.3862...
   """
   (logits,), axis, _ = _checked_arrays({"logits": logits}, axis, where)
+  return _entropy_from_logits(logits, axis, where)
+
+
+@functools.partial(jax.jit, static_argnames=("axis",))
+def _entropy_from_logits(logits, axis: int, where) -> jax.Array:
   (log_p,), (p_empty,), undefined = _log_softmax_rows([mask_logits(logits, where)], axis)
   value = 0.0 - jnp.sum(prob_times(log_p, log_p), axis=axis)
   return jnp.where(undefined, jnp.nan, jnp.where(p_empty, 0.0, value))
@@ -282,6 +289,11 @@ def cross_entropy_logits(p_logits, q_logits, axis: int = -1, *, where=None) -> j
   (p_logits, q_logits), axis, _ = _checked_arrays(
     {"p_logits": p_logits, "q_logits": q_logits}, axis, where
   )
+  return _cross_entropy_from_logits(p_logits, q_logits, axis, where)
+
+
+@functools.partial(jax.jit, static_argnames=("axis",))
+def _cross_entropy_from_logits(p_logits, q_logits, axis: int, where) -> jax.Array:
   masked = [mask_logits(x, where) for x in (p_logits, q_logits)]
   (log_p, log_q), (p_empty, q_empty), undefined = _log_softmax_rows(masked, axis)
   value = 0.0 - jnp.sum(prob_times(log_p, log_q), axis=axis)

