@@ -21,6 +21,11 @@ N01 = distrax.Normal(0.0, 1.0)
 HALF = jnp.array([0.5, 0.5])
 LOSS = klax.reverse_kl_loss(klax.families.normal(), lambda x: -0.5 * x**2, 4)
 PARAMS = {"loc": jnp.array(0.0), "log_scale": jnp.array(0.0)}
+DIAG_PARAMS = klax.families.diag_normal(2).init(KEY)
+CATEGORICAL_FAMILY = klax.Family(
+  init=lambda key: {"logits": jnp.zeros(3)},
+  dist=lambda params: distrax.Categorical(logits=params["logits"]),
+)
 
 CASES = [
   (
@@ -276,6 +281,84 @@ CASES = [
     "host",
   ),
   (
+    "kl_divergence",
+    "Categoricals with different numbers of categories",
+    lambda: klax.kl_divergence(
+      tfd.Categorical(logits=jnp.zeros(3)), tfd.Categorical(logits=jnp.zeros(4))
+    ),
+    ValueError,
+    "needs the same number of categories, got 3 in p and 4 in q",
+    "error",
+  ),
+  (
+    "kl_divergence_exponential_family",
+    "natural parameters of different shapes",
+    lambda: klax.kl_divergence_exponential_family(
+      lambda e: jnp.sum(jnp.exp(e)), jnp.zeros(2), jnp.zeros(1)
+    ),
+    ValueError,
+    "must have the same shapes, leaf by leaf",
+    "error",
+  ),
+  (
+    "kl_divergence_knn",
+    "points with no coordinates (d = 0)",
+    lambda: klax.kl_divergence_knn(jnp.zeros((10, 0)), jnp.zeros((10, 0))),
+    ValueError,
+    "`x` must have at least one coordinate per point",
+    "error",
+  ),
+  (
+    "kl_divergence_mc",
+    "a key that is not a jax.random key",
+    lambda: klax.kl_divergence_mc(N01, distrax.Normal(1.0, 1.0), 0, 10),
+    TypeError,
+    "`key` must be a `jax.random` key",
+    "error",
+  ),
+  (
+    "forward_kl_loss",
+    "empty data",
+    lambda: klax.forward_kl_loss(klax.families.normal(), jnp.zeros(0)),
+    ValueError,
+    "`data` must hold at least one sample",
+    "error",
+  ),
+  (
+    "forward_kl_loss",
+    "data whose points do not match the event shape",
+    lambda: klax.forward_kl_loss(klax.families.diag_normal(2), jnp.zeros((3, 1)))(DIAG_PARAMS, KEY),
+    ValueError,
+    "`data` must have shape [n, *event_shape] = [n, 2]",
+    "error",
+  ),
+  (
+    "reverse_kl_loss",
+    "log_density that is not scalar for one point",
+    lambda: klax.reverse_kl_loss(klax.families.normal(), lambda x: jnp.zeros(1), 4)(PARAMS, KEY),
+    ValueError,
+    "`log_density` must return a scalar",
+    "error",
+  ),
+  (
+    "reverse_kl_loss",
+    "pathwise gradient through a discrete q",
+    lambda: klax.reverse_kl_loss(CATEGORICAL_FAMILY, lambda x: 0.0, 4)(
+      {"logits": jnp.zeros(3)}, KEY
+    ),
+    ValueError,
+    "whose samples are not reparameterised",
+    "error",
+  ),
+  (
+    "renyi_loss",
+    "alpha outside [0, 1]",
+    lambda: klax.renyi_loss(klax.families.normal(), lambda x: -(x**2), 4, -1.0),
+    ValueError,
+    "`alpha` must be in [0, 1]",
+    "error",
+  ),
+  (
     "fit_batch",
     "an empty batch",
     lambda: klax.fit_batch(
@@ -310,6 +393,16 @@ CASES = [
     ValueError,
     "at least 2",
     "error",
+  ),
+  (
+    "basin_report",
+    "tolerance that is NaN",
+    lambda: klax.basin_report(
+      klax.FitResult(PARAMS, jnp.zeros((1, 1)), jnp.zeros(1, jnp.int32)), tolerance=float("nan")
+    ),
+    ValueError,
+    "`tolerance` must be positive and finite",
+    "host",
   ),
   (
     "basin_report",
