@@ -36,7 +36,9 @@ import jax.numpy as jnp
 
 from klax import _checks
 from klax._logits import kl_from_logits
+from klax._logits import log_softmax_rows
 from klax._logits import mask_logits
+from klax._logits import prob_times
 
 PROBABILITY_TOLERANCE = 1e-4
 
@@ -209,33 +211,6 @@ def kl_divergence_logits(p_logits, q_logits, axis: int = -1, *, where=None) -> j
   return kl_from_logits(p_logits, q_logits, axis, where)
 
 
-def prob_times(log_p: jax.Array, values: jax.Array) -> jax.Array:
-  """Elementwise exp(log_p) · values: 0 where log_p = −inf, ±inf where values are (p > 0).
-
-  NaN in either gives NaN. Gradients are finite wherever the value is.
-  """
-  possible = log_p != -jnp.inf
-  infinite = possible & jnp.isinf(values)
-  safe_log_p = jnp.where(possible, log_p, 0.0)
-  safe_values = jnp.where(possible & ~infinite, values, 0.0)
-  return jnp.where(infinite, values, jnp.where(possible, jnp.exp(safe_log_p) * safe_values, 0.0))
-
-
-def _log_softmax_rows(masked_logits: list, axis: int) -> tuple[list, list, jax.Array]:
-  """log_softmax of each array of masked logits, its empty rows, and the undefined rows.
-
-  A row is empty where every logit is −inf, undefined where any array has NaN or +inf. An empty row's logits are replaced by zeros first, so that it has finite gradients (zero, once
-  the caller selects its value).
-  """
-  log_softmaxes, empties, undefined = [], [], False
-  for logits in masked_logits:
-    empty = jnp.all(logits == -jnp.inf, axis=axis, keepdims=True)
-    log_softmaxes.append(jax.nn.log_softmax(jnp.where(empty, 0.0, logits), axis=axis))
-    empties.append(jnp.squeeze(empty, axis))
-    undefined = undefined | jnp.any(jnp.isnan(logits) | (logits == jnp.inf), axis=axis)
-  return log_softmaxes, empties, undefined
-
-
 def entropy_logits(logits, axis: int = -1, *, where=None) -> jax.Array:
   """Shannon entropy (in nats) of the distribution softmax(logits) along `axis`.
 
@@ -261,7 +236,7 @@ def entropy_logits(logits, axis: int = -1, *, where=None) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("axis",))
 def _entropy_from_logits(logits, axis: int, where) -> jax.Array:
-  (log_p,), (p_empty,), undefined = _log_softmax_rows([mask_logits(logits, where)], axis)
+  (log_p,), (p_empty,), undefined = log_softmax_rows([mask_logits(logits, where)], axis)
   value = 0.0 - jnp.sum(prob_times(log_p, log_p), axis=axis)
   return jnp.where(undefined, jnp.nan, jnp.where(p_empty, 0.0, value))
 
@@ -295,7 +270,7 @@ def cross_entropy_logits(p_logits, q_logits, axis: int = -1, *, where=None) -> j
 @functools.partial(jax.jit, static_argnames=("axis",))
 def _cross_entropy_from_logits(p_logits, q_logits, axis: int, where) -> jax.Array:
   masked = [mask_logits(x, where) for x in (p_logits, q_logits)]
-  (log_p, log_q), (p_empty, q_empty), undefined = _log_softmax_rows(masked, axis)
+  (log_p, log_q), (p_empty, q_empty), undefined = log_softmax_rows(masked, axis)
   value = 0.0 - jnp.sum(prob_times(log_p, log_q), axis=axis)
   edge = jnp.where(undefined, jnp.nan, jnp.where(p_empty, 0.0, jnp.inf))
   return jnp.where(undefined | p_empty | q_empty, edge, value)

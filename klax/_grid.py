@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
 from klax import _checks
-from klax._discrete import prob_times
+from klax._logits import prob_times
 
 LogDensity = Callable[[jax.Array], jax.Array] | jax.Array
 

@@ -1,7 +1,8 @@
 """The KL divergence between two softmax distributions, exact when p ≈ q, and its edge values.
 
 `kl_from_logits` is the engine behind `klax.kl_divergence_logits` and the Categorical, Bernoulli,
-Binomial and Multinomial closed forms. Logits here are already checked (floats, one dtype) and
+Binomial and Multinomial closed forms; `prob_times` and `log_softmax_rows` are the pieces of the
+entropy, cross-entropy and grid sums. Logits here are already checked (floats, one dtype) and
 masked: an outcome outside a `where` mask has the logit −∞ in both p and q (`mask_logits`).
 
 Edge values, the same in every function of `klax._discrete`, in this order:
@@ -27,6 +28,33 @@ from klax._series import log1p_remainder
 def mask_logits(logits: jax.Array, where) -> jax.Array:
   """`logits` with the outcomes outside `where` set to −∞ (probability 0 in any softmax)."""
   return logits if where is None else jnp.where(where, logits, -jnp.inf)
+
+
+def prob_times(log_p: jax.Array, values: jax.Array) -> jax.Array:
+  """Elementwise exp(log_p) · values: 0 where log_p = −inf, ±inf where values are (p > 0).
+
+  NaN in either gives NaN. Gradients are finite wherever the value is.
+  """
+  possible = log_p != -jnp.inf
+  infinite = possible & jnp.isinf(values)
+  safe_log_p = jnp.where(possible, log_p, 0.0)
+  safe_values = jnp.where(possible & ~infinite, values, 0.0)
+  return jnp.where(infinite, values, jnp.where(possible, jnp.exp(safe_log_p) * safe_values, 0.0))
+
+
+def log_softmax_rows(masked_logits: list, axis: int) -> tuple[list, list, jax.Array]:
+  """log_softmax of each array of masked logits, its empty rows, and the undefined rows.
+
+  A row is empty where every logit is −inf, undefined where any array has NaN or +inf. An empty row's logits are replaced by zeros first, so that it has finite gradients (zero, once
+  the caller selects its value).
+  """
+  log_softmaxes, empties, undefined = [], [], False
+  for logits in masked_logits:
+    empty = jnp.all(logits == -jnp.inf, axis=axis, keepdims=True)
+    log_softmaxes.append(jax.nn.log_softmax(jnp.where(empty, 0.0, logits), axis=axis))
+    empties.append(jnp.squeeze(empty, axis))
+    undefined = undefined | jnp.any(jnp.isnan(logits) | (logits == jnp.inf), axis=axis)
+  return log_softmaxes, empties, undefined
 
 
 def _shifted_exp(logits: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
