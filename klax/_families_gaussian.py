@@ -136,6 +136,7 @@ def full_rank_normal(d: int, *, loc_scale: float = 1.0) -> Family:
 def mixture_of_normals(k: int, d: int | None = None, *, loc_scale: float = 2.0) -> Family:
   """Mixture of k normals: univariate when `d` is None, else with diagonal covariances in d-D.
 
+  q(x) = Σ_k w_k N(x; μ_k, diag σ_k²) with w = softmax(logits), σ_k = exp(log_scale_k).
   Params `{"logits": [k], "loc": [k] or [k, d], "log_scale": [k] or [k, d]}`. Sampling a
   mixture is not reparameterisable in the weights, so klax's reverse-KL, IWAE and Rényi losses
   sample it per component (S draws from each, weighted by w_k / S): unbiased pathwise gradients
