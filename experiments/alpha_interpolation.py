@@ -84,6 +84,16 @@ def format_table(results: dict) -> str:
     "",
     f"Reverse KL (seed 001): μ = {results['reverse_seed']['mu']}, σ = {results['reverse_seed']['sigma']}; "
     f"forward KL: μ = 0, σ = {results['forward']['sigma']:.4f}.",
+    "",
+    "The figure shows Rényi-α fits of N(μ, σ²) to the two-mode target, all started on the left",
+    "mode. At α = 1 (the ELBO) the fit stays on that mode, as reverse KL does; for α below 1 it",
+    "covers both modes, close to the forward-KL optimum N(0, 3.23²), widening as α falls. At α = 0",
+    "(the importance-weighted bound) the fit is wider and off-centre: once q covers both modes that",
+    "bound is nearly flat in q, so it pins q down only loosely. α < 0 is not run: `renyi_loss`",
+    "refuses α outside [0, 1]. An earlier run at α = −1 ended at N(−3.12, 0.969²), whose exact L_α",
+    "is 42.15 against 0.2253 at N(0, 3.23²) (quadrature): the S-sample estimate of that upper",
+    "bound on log Z is biased low, most so where q misses mass that p has, so minimising it",
+    "narrowed q onto one mode instead of covering both.",
   ]
   return "\n".join(lines)
 
