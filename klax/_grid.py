@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import logsumexp
 
 from klax import _checks
+from klax._logits import kl_from_logits
 from klax._logits import prob_times
 
 LogDensity = Callable[[jax.Array], jax.Array] | jax.Array
@@ -47,9 +47,10 @@ def kl_divergence_grid(log_p: LogDensity, log_q: LogDensity, grid, normalize: bo
   which is accurate to O(h²) for smooth densities (to 1e-6 on a fine grid covering the mass). The
   points may come in any order: they are sorted (with their values) before integrating.
 
-  Edge values: a point where p = 0 contributes 0, one where p > 0 = q makes the KL +inf; NaN in
-  a value or a grid point makes it NaN. With `normalize=True` a grid on which p (or q) is 0
-  everywhere has no distribution to normalise: NaN.
+  Edge values: a point where p = 0 contributes 0, one where p > 0 = q makes the KL +inf; NaN (or
+  a log-density of +inf) in any value or grid point makes it NaN, and so does a p that is 0 at
+  every grid point. With `normalize=True` the sum is `kl_divergence_logits` of the values: a
+  constant added to either log-density changes nothing, and near-identical p and q are exact.
 
   Args:
     log_p: a callable `log_p(x)` for one grid point (unnormalised is fine), or its values at the
@@ -78,11 +79,15 @@ def kl_divergence_grid(log_p: LogDensity, log_q: LogDensity, grid, normalize: bo
     )
   log_p_values = _log_values(log_p, grid, "log_p")
   log_q_values = _log_values(log_q, grid, "log_q")
-  if normalize:
-    log_p_values = log_p_values - logsumexp(log_p_values)
-    log_q_values = log_q_values - logsumexp(log_q_values)
-    kl = jnp.sum(prob_times(log_p_values, log_p_values - log_q_values))
-    return jnp.where(jnp.any(jnp.isnan(grid)), jnp.nan, kl)
-  order = jnp.argsort(grid)
-  integrand = prob_times(log_p_values, log_p_values - log_q_values)
-  return jnp.trapezoid(integrand[order], grid[order])
+  undefined = jnp.any(jnp.isnan(grid)) | jnp.any(
+    jnp.isnan(log_p_values) | (log_p_values == jnp.inf)
+  )
+  undefined |= jnp.any(jnp.isnan(log_q_values) | (log_q_values == jnp.inf))
+  undefined |= jnp.all(log_p_values == -jnp.inf)  # No p to normalise or integrate.
+  if normalize:  # The discrete KL of the normalised values: the logits KL, exact near p = q.
+    kl = kl_from_logits(log_p_values, log_q_values, 0)
+  else:
+    order = jnp.argsort(grid)
+    integrand = prob_times(log_p_values, log_p_values - log_q_values)
+    kl = jnp.trapezoid(integrand[order], grid[order])
+  return jnp.where(undefined, jnp.nan, kl)

@@ -33,7 +33,7 @@ def mask_logits(logits: jax.Array, where) -> jax.Array:
 def prob_times(log_p: jax.Array, values: jax.Array) -> jax.Array:
   """Elementwise exp(log_p) · values: 0 where log_p = −inf, ±inf where values are (p > 0).
 
-  NaN in either gives NaN. Gradients are finite wherever the value is.
+  NaN in log_p, or in values where p > 0, gives NaN (values are not looked at where p = 0). Gradients are finite wherever the value is.
   """
   possible = log_p != -jnp.inf
   infinite = possible & jnp.isinf(values)
@@ -57,28 +57,29 @@ def log_softmax_rows(masked_logits: list, axis: int) -> tuple[list, list, jax.Ar
   return log_softmaxes, empties, undefined
 
 
-def _shifted_exp(logits: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
-  """e^{x − m} and m = the row's largest logit (0 if not finite), with kept dims.
+def _centred(logits: jax.Array, axis: int) -> jax.Array:
+  """The logits less m, the row's largest logit (0 if not finite), m held constant under `grad`.
 
-  Σ e^{x − m} is 0 exactly when every logit is −∞, at least 1 when one is finite, +∞ or NaN when
-  one is +∞ or NaN: the empty and undefined rows are read off it.
+  The KL depends on logits only up to a constant per row; centring first keeps the differences
+  of p's and q's logits exact however large the constants are (logits of 1e5 or 3e38 included:
+  an x − m that overflows is −∞, a probability that is 0 in floating point anyway).
   """
   top = jnp.max(logits, axis=axis, keepdims=True)
-  top = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0.0))
-  return jnp.exp(logits - top), top
+  return logits - jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0.0))
 
 
 def _plain_kl_from_logits(p_logits, q_logits, axis: int) -> jax.Array:
-  """KL = E_p[a − b] − LSE(a) + LSE(b) (a, b = p's and q's logits): two exponentials per outcome.
+  """KL = E_p[a − b] − LSE(a) + LSE(b) (a, b = p's and q's centred logits): two exponentials each.
 
-  With e = e^{a − max a}: E_p[a − b] = Σ e (a − b) / Σ e, and LSE(a) = max a + log Σ e. An
-  outcome with p > 0 and q = 0 gives +∞ (even where e underflows); an empty p gives 0, an empty q
-  (p not empty) +∞.
+  With a and b centred (max 0), E_p[a − b] = Σ e^a (a − b) / Σ e^a and LSE = log Σ e^x; Σ e^x
+  is 0 exactly when every logit is −∞, at least 1 when one is finite, +∞ or NaN when one is +∞
+  or NaN: the empty and undefined rows are read off it. An outcome with p > 0 and q = 0 gives
+  +∞ (even where e^a underflows); an empty p gives 0, an empty q (p not empty) +∞.
   """
-  e_a, top_a = _shifted_exp(p_logits, axis)
-  e_b, top_b = _shifted_exp(q_logits, axis)
-  possible = p_logits != -jnp.inf  # NaN counts as possible, so that it reaches the sum.
-  d = jnp.where(possible, p_logits - q_logits, 0.0)
+  a, b = _centred(p_logits, axis), _centred(q_logits, axis)
+  e_a, e_b = jnp.exp(a), jnp.exp(b)
+  possible = a != -jnp.inf  # NaN counts as possible, so that it reaches the sum.
+  d = jnp.where(possible, a - b, 0.0)
   infinite = d == jnp.inf
   terms = jnp.where(infinite, jnp.inf, e_a * jnp.where(infinite, 0.0, d))
   sum_a, sum_b = jnp.sum(e_a, axis=axis), jnp.sum(e_b, axis=axis)
@@ -86,8 +87,7 @@ def _plain_kl_from_logits(p_logits, q_logits, axis: int) -> jax.Array:
   p_empty, q_empty = sum_a == 0, sum_b == 0
   sum_a = jnp.where(p_empty, 1.0, sum_a)  # Safe values: no 0/0 in the untaken branches.
   sum_b = jnp.where(p_empty | q_empty, 1.0, sum_b)
-  lse_difference = jnp.squeeze(top_b - top_a, axis) + jnp.log(sum_b) - jnp.log(sum_a)
-  kl = jnp.sum(terms, axis=axis) / sum_a + lse_difference
+  kl = jnp.sum(terms, axis=axis) / sum_a + jnp.log(sum_b) - jnp.log(sum_a)
   edge = jnp.where(undefined, jnp.nan, jnp.where(p_empty, 0.0, jnp.inf))
   return jnp.where(undefined | p_empty | q_empty, edge, kl)
 
@@ -203,8 +203,16 @@ def _refined_row(p_logits, q_logits, plain) -> jax.Array:
   def expect(values):  # E_p[values], 0 · anything = 0 where p = 0.
     return jnp.sum(p * jnp.where(possible, values, 0.0))
 
-  d = jnp.where(possible, p_logits - q_logits, 0.0)
-  t = d - expect(d)
+  # d = a − b as hi + lo exactly (TwoSum), then t = (hi − c) + lo − E_p[·] with c = hi at p's
+  # most likely outcome: hi − c is exact when the d are close to each other, so t keeps its low
+  # bits under a constant shift of either side as large as the logits allow, and is exact for
+  # a ≈ b (a constant c leaves the KL unchanged).
+  a, b = jnp.where(possible, p_logits, 0.0), jnp.where(possible, q_logits, 0.0)
+  hi = a - b
+  rounded = hi - a
+  lo = (a - (hi - rounded)) - (b + rounded)
+  t = (hi - hi[jnp.argmax(jnp.where(possible, p_logits, -jnp.inf))]) + lo
+  t = t - expect(t)
   steep = possible & (t < -60.0)
   flat_t = jnp.where(steep, 0.0, t)
   e = jnp.expm1(-flat_t)

@@ -41,6 +41,11 @@ def _mp_lse(values):
   return top + mpmath.log(sum(mpmath.exp(v - top) for v in finite))
 
 
+def _mp_centred(values):
+  top = max((mpmath.mpf(v) for v in values if v != -math.inf), default=mpmath.mpf(0))
+  return [v if v == -math.inf else mpmath.mpf(v) - top for v in values]
+
+
 def _reference_row(kind, a, b, mask):
   """KL / entropy / cross-entropy of one row of logits, in 40-digit arithmetic."""
   a = [float(x) for x, keep in zip(a, mask, strict=True) if keep]
@@ -51,6 +56,8 @@ def _reference_row(kind, a, b, mask):
     return 0.0
   if kind != "entropy" and all(x == -math.inf for x in b):
     return math.inf
+  # Centre each side first (exact in 40 digits): logits of 1e20 would otherwise use up half of them.
+  a, b = (_mp_centred(x) for x in (a, b))
   lse_a, lse_b = _mp_lse(a), _mp_lse(b)
   total = mpmath.mpf(0)
   for x, y in zip(a, b, strict=True):
@@ -154,6 +161,41 @@ def test_kl_logits_of_near_identical_rows_is_relatively_exact(case):
     tolerance += np.finfo(np.float32).tiny  # Smaller values are flushed to zero by XLA.
     assert got[i] >= 0
     assert abs(got[i] - expected) <= tolerance, (a[i], b[i], got[i], expected)
+
+
+@given(
+  a=hnp.arrays(np.float32, (ROWS, OUTCOMES), elements=st.floats(-20, 20, width=32)),
+  z=hnp.arrays(np.float32, (ROWS, OUTCOMES), elements=st.floats(-1, 1, width=32)),
+  shift=st.sampled_from([1e2, 1e4, 1e5, -1e6, 1e7]),
+  epsilon=st.sampled_from([0.0, 1e-4, 1e-2, 1.0]),
+)
+def test_kl_logits_is_blind_to_constant_shifts_of_either_side(a, z, shift, epsilon):
+  # A constant added to a row of logits changes no probability; KL ≈ 0 must not turn into the
+  # rounding of the constant (a + 1e5 gave 0.0156 for an exact 0). Reference: the float32 inputs.
+  b = (a + np.float32(shift) + np.float32(epsilon) * z).astype(np.float32)
+  got = np.asarray(_FUNCTIONS["kl"](a, b, None))
+  for i in range(ROWS):
+    expected = max(_reference_row("kl", a[i], b[i], np.ones(OUTCOMES, bool)), 0.0)
+    centred = (a[i] - a[i].max()) - (b[i] - b[i].max())
+    # δt: ε of the centred differences, and ε² |shift| (the exact remainder of a − b, rounded).
+    eps = float(np.finfo(np.float32).eps)
+    rounding = 4 * eps * float(np.max(np.abs(centred))) + 4 * eps**2 * abs(shift)
+    tolerance = 1e-4 * expected + 2 * math.sqrt(expected) * rounding + rounding**2
+    # ε⁴: Σ p = 1 ± ε leaves t ≈ ε² |t| after centring, a KL of about ε⁴ for p = q.
+    tolerance += float(np.finfo(np.float32).eps) ** 4
+    if expected >= 1e-2:  # The plain form: its documented absolute error.
+      tolerance += 3e-7 * (1 + float(np.max(np.abs(centred))))
+    assert abs(got[i] - expected) <= tolerance, (a[i], b[i], got[i], expected)
+
+
+def test_grid_sums_are_blind_to_constants_added_to_the_log_densities():
+  grid = np.linspace(-10.0, 10.0, 2001).astype(np.float32)
+  log_p = scipy.stats.norm.logpdf(grid).astype(np.float32)
+  for shift in (1e2, 1e4, 1e5):
+    shifted = (log_p + np.float32(shift)).astype(np.float32)
+    got = float(klax.kl_divergence_grid(shifted, log_p, grid))
+    expected = _reference_row("kl", shifted, log_p, np.ones(grid.shape, bool))
+    assert 0 <= got and abs(got - expected) <= 1e-4 * expected + 1e-9, (shift, got, expected)
 
 
 def test_gradients_are_finite_and_right_where_the_value_is_finite():
