@@ -27,6 +27,12 @@ from klax._fit import fit_batch
 from klax._gradients import gradient_variance
 from klax._grid import kl_divergence_grid
 from klax._knn import kl_divergence_knn
+from klax._losses import ForwardKLLoss
+from klax._losses import IWAELoss
+from klax._losses import RenyiLoss
+from klax._losses import ReverseKLLoss
+from klax._losses import score_function_surrogate
+from klax._losses import variational_draws
 from klax._mixtures import kl_divergence_mixture_lower_bound
 from klax._mixtures import kl_divergence_mixture_matched_bound_approx
 from klax._mixtures import kl_divergence_mixture_product_approx
@@ -42,6 +48,7 @@ from klax._objectives import forward_kl_loss
 from klax._objectives import iwae_loss
 from klax._objectives import renyi_loss
 from klax._objectives import reverse_kl_loss
+from klax._variational import WeightedDraws
 from klax.families import Family
 
 __version__ = "0.1.0"
@@ -51,8 +58,13 @@ __all__ = (
   "Estimate",
   "Family",
   "FitResult",
+  "ForwardKLLoss",
+  "IWAELoss",
+  "RenyiLoss",
   "ReverseKLDiagnostics",
+  "ReverseKLLoss",
   "UnsupportedDistributionError",
+  "WeightedDraws",
   "basin_report",
   "cross_entropy",
   "cross_entropy_logits",
@@ -86,4 +98,6 @@ __all__ = (
   "renyi_loss",
   "reverse_kl_diagnostics",
   "reverse_kl_loss",
+  "score_function_surrogate",
+  "variational_draws",
 )

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from klax import _checks
 from klax._family import Family
+from klax._family import cached
 
 
 def _mlp_init(key, sizes):
@@ -30,6 +31,7 @@ def _mlp_apply(layers, x):
   return x @ layers[-1]["w"] + layers[-1]["b"]
 
 
+@cached
 def flow(
   d: int,
   *,

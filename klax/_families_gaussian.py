@@ -8,8 +8,10 @@ import jax.numpy as jnp
 
 from klax import _checks
 from klax._family import Family
+from klax._family import cached
 
 
+@cached
 def normal(*, loc_scale: float = 1.0, log_scale_range: float = 1.0) -> Family:
   """Univariate normal N(loc, exp(log_scale)²); params `{"loc", "log_scale"}` (scalars).
 
@@ -49,6 +51,7 @@ def normal(*, loc_scale: float = 1.0, log_scale_range: float = 1.0) -> Family:
   return Family(init, dist, log_prob)
 
 
+@cached
 def diag_normal(d: int, *, loc_scale: float = 1.0) -> Family:
   """Mean-field normal in d dimensions; params `{"loc": [d], "log_scale": [d]}`.
 
@@ -93,6 +96,7 @@ def _positive_diagonal_tril(raw: jax.Array) -> jax.Array:
   return jnp.tril(raw, -1) + diagonal[..., None] * jnp.eye(raw.shape[-1], dtype=raw.dtype)
 
 
+@cached
 def full_rank_normal(d: int, *, loc_scale: float = 1.0) -> Family:
   """Full-covariance normal N(loc, L Lᵀ) with L lower triangular, positive diagonal.
 
@@ -133,6 +137,7 @@ def full_rank_normal(d: int, *, loc_scale: float = 1.0) -> Family:
   return Family(init, dist)
 
 
+@cached
 def mixture_of_normals(k: int, d: int | None = None, *, loc_scale: float = 2.0) -> Family:
   """Mixture of k normals: univariate when `d` is None, else with diagonal covariances in d-D.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 from typing import NamedTuple
@@ -23,6 +24,27 @@ class Family(NamedTuple):
   init: Callable[[jax.Array], Any]
   dist: Callable[[Any], distrax.Distribution]
   log_prob: Callable[[Any, jax.Array], jax.Array] | None = None
+
+
+def cached(factory: Callable[..., Family]) -> Callable[..., Family]:
+  """`factory` returning the same `Family` object for equal (hashable) arguments.
+
+  A family is configuration: a fit keyed on it (through a loss) is compiled again for a new
+  object, so `normal()` called twice must give one object. Unhashable arguments (an array)
+  build a new family each time.
+  """
+  cache = functools.cache(factory)
+
+  @functools.wraps(factory)
+  def build(*args, **kwargs):
+    try:
+      return cache(*args, **kwargs)
+    except TypeError as error:
+      if "unhashable" not in str(error):
+        raise
+      return factory(*args, **kwargs)
+
+  return build
 
 
 def init_batch(family: Family, key: jax.Array, batch_size: int) -> Any:

@@ -1,31 +1,39 @@
 """Objectives for fitting a family q_θ to a target p: builders returning `loss(params, key)`.
 
-Each builder closes over its static configuration (the family, the data or the target, sizes,
-the gradient estimator) and returns a pure `loss(params, key) -> scalar` to be minimised, so
-that jitted fits never retrace on configuration. A target is `log_density(x)` for one point,
-unnormalised if need be (log p̃ = log p + log Z); klax vmaps it over samples.
+Each builder checks its configuration (the family, the data or the target, sizes, the gradient
+estimator) and returns a loss, `loss(params, key) -> scalar` to be minimised: a pytree whose
+arrays (the data, and those of a target that is a pytree) are leaves that `klax.fit` traces, and
+whose configuration is static (see `klax/_losses.py`), so a fit of new data of the same shape does
+not recompile. A target is `log_density(x)` for one point, unnormalised if need be
+(log p̃ = log p + log Z); klax vmaps it over samples.
 
 - Forward KL: KL(p ‖ q_θ) = −H(p) − E_p[log q_θ], so minimising the mean negative
-  log-likelihood over samples of p is maximum likelihood (seed 000).
+  log-likelihood over samples of p is maximum likelihood.
 - Reverse KL: KL(q_θ ‖ p) = log Z − ELBO(θ), ELBO = E_q[log p̃(x) − log q_θ(x)], so minimising
-  −ELBO needs p only up to its normalising constant (seeds 000 and 002).
+  −ELBO needs p only up to its normalising constant.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from klax import _checks
 from klax import _variational
+from klax._losses import ForwardKLLoss
+from klax._losses import IWAELoss
+from klax._losses import RenyiLoss
+from klax._losses import ReverseKLLoss
 from klax._monte_carlo import Estimate
 from klax._monte_carlo import mean_and_stderr
 from klax._monte_carlo import sample_and_log_prob
 from klax.families import Family
 
-GRADIENTS = ("reparam", "score", "stl")
+GRADIENTS = _variational.GRADIENTS
 
 
 def _family(family) -> Family:
@@ -34,19 +42,17 @@ def _family(family) -> Family:
   return family
 
 
-def _distribution_log_prob(family) -> Callable:
-  return lambda params, x: family.dist(params).log_prob(x)
-
-
 def _target(log_density) -> Callable:
   if not callable(log_density):
     raise TypeError(
       f"`log_density` must be a callable log p̃(x) for one point, got {type(log_density).__name__}."
     )
-  return jax.vmap(log_density)
+  return log_density
 
 
-def forward_kl_loss(family: Family, data, batch_size: int | None = None) -> Callable:
+def forward_kl_loss(
+  family: Family, data: ArrayLike, batch_size: int | None = None
+) -> ForwardKLLoss:
   """Forward-KL loss: the mean negative log-likelihood of samples of p under q_θ.
 
   loss(θ) = −(1/n) Σ_i log q_θ(x_i),  x_i ~ p,
@@ -64,7 +70,9 @@ def forward_kl_loss(family: Family, data, batch_size: int | None = None) -> Call
     batch_size: minibatch size, or None for full batch.
 
   Returns:
-    `loss(params, key) -> scalar`.
+    A `ForwardKLLoss`, called as `loss(params, key) -> scalar`; `data` is a pytree leaf, so
+    `dataclasses.replace(loss, data=batch)` (or a new loss) on data of the same shape reuses the
+    compiled fit.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, klax
@@ -85,34 +93,15 @@ def forward_kl_loss(family: Family, data, batch_size: int | None = None) -> Call
   if batch_size is not None:
     batch_size = _checks.positive_int(batch_size, "batch_size")
 
-  log_prob = (
-    family.log_prob if getattr(family, "log_prob", None) else _distribution_log_prob(family)
-  )
-
-  def loss(params, key):
-    event_shape = _variational.event_shape(family, params)
-    if data.shape[1:] != event_shape:
-      raise ValueError(
-        f"`data` must have shape [n, *event_shape] = [n, {', '.join(map(str, event_shape))}] for "
-        f"this family, got {data.shape}."
-      )
-    x = data
-    if batch_size is not None:
-      x = data[jax.random.randint(key, (batch_size,), 0, n)]
-    log_q = log_prob(params, x)
-    if log_q.shape != x.shape[:1]:
-      raise ValueError(
-        f"The family's log_prob of {x.shape[0]} points must have shape ({x.shape[0]},), got "
-        f"{log_q.shape}: the family's distribution must have batch shape ()."
-      )
-    return -jnp.mean(log_q)
-
-  return loss
+  return ForwardKLLoss(family, data, batch_size)
 
 
 def reverse_kl_loss(
-  family: Family, log_density: Callable, num_samples: int, gradient: str = "reparam"
-) -> Callable:
+  family: Family,
+  log_density: Callable,
+  num_samples: int,
+  gradient: Literal["reparam", "score", "stl"] = "reparam",
+) -> ReverseKLLoss:
   """Reverse-KL loss: the negative ELBO, estimated with `num_samples` draws from q_θ.
 
   loss(θ) = −Σ_i π_i [log p̃(x_i) − log q_θ(x_i)],
@@ -138,7 +127,7 @@ def reverse_kl_loss(
     gradient: "reparam", "stl" or "score".
 
   Returns:
-    `loss(params, key) -> scalar`.
+    A `ReverseKLLoss`, called as `loss(params, key) -> scalar`.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, klax
@@ -149,7 +138,7 @@ def reverse_kl_loss(
     >>> abs(float(q["loc"]) - 1.0) < 0.05 and abs(float(jnp.exp(q["log_scale"])) - 0.5) < 0.05
     True
   """
-  family, target = _family(family), _target(log_density)
+  family, log_density = _family(family), _target(log_density)
   num_samples = _checks.positive_int(num_samples, "num_samples")
   if gradient not in GRADIENTS:
     raise ValueError(f"`gradient` must be one of {GRADIENTS}, got {gradient!r}.")
@@ -158,17 +147,7 @@ def reverse_kl_loss(
       "`gradient='score'` uses a leave-one-out baseline: `num_samples` must be >= 2."
     )
 
-  def loss(params, key):
-    draws = _variational.draw(family, target, params, key, num_samples, gradient)
-    value = -_variational.weighted_mean(draws.log_w, draws.log_pi)
-    if gradient != "score":
-      return value
-    f = jax.lax.stop_gradient(-draws.log_w)
-    baseline = (jnp.sum(f) - f) / (num_samples - 1)
-    surrogate = jnp.mean((f - baseline) * draws.log_q)
-    return jax.lax.stop_gradient(value) + surrogate - jax.lax.stop_gradient(surrogate)
-
-  return loss
+  return ReverseKLLoss(family, log_density, num_samples, gradient)
 
 
 def elbo(q, log_density: Callable, key: jax.Array, num_samples: int) -> Estimate:
@@ -197,7 +176,7 @@ def elbo(q, log_density: Callable, key: jax.Array, num_samples: int) -> Estimate
     0.2258
   """
   _checks.distribution(q, "q")
-  target = _target(log_density)
+  target = jax.vmap(_target(log_density))
   num_samples = _checks.positive_int(num_samples, "num_samples")
   if not _variational.stratifiable(q):
     x, log_q = sample_and_log_prob(q, key, num_samples)
@@ -213,7 +192,7 @@ def elbo(q, log_density: Callable, key: jax.Array, num_samples: int) -> Estimate
   return Estimate(value, jnp.sqrt(jnp.sum(weights**2 * variance) / num_samples))
 
 
-def iwae_loss(family: Family, log_density: Callable, num_samples: int) -> Callable:
+def iwae_loss(family: Family, log_density: Callable, num_samples: int) -> IWAELoss:
   """Negative importance-weighted bound (Burda, Grosse & Salakhutdinov 2016).
 
   loss(θ) = −log Σ_i π_i p̃(x_i) / q_θ(x_i),  x_i ~ q_θ (reparameterised), π_i = 1/K,
@@ -230,7 +209,7 @@ def iwae_loss(family: Family, log_density: Callable, num_samples: int) -> Callab
     num_samples: the number of draws per evaluation (per component for a mixture).
 
   Returns:
-    `loss(params, key) -> scalar`, to pass to `klax.fit` or `klax.fit_batch`.
+    An `IWAELoss`, called as `loss(params, key) -> scalar`.
 
   Examples:
     >>> import jax, jax.numpy as jnp, klax
@@ -240,17 +219,12 @@ def iwae_loss(family: Family, log_density: Callable, num_samples: int) -> Callab
     >>> round(float(loss(exact, jax.random.key(0))), 4)
     -0.2258
   """
-  family, target = _family(family), _target(log_density)
+  family, log_density = _family(family), _target(log_density)
   num_samples = _checks.positive_int(num_samples, "num_samples")
-
-  def loss(params, key):
-    draws = _variational.draw(family, target, params, key, num_samples)
-    return -_variational.weighted_log_mean_exp(draws.log_w, draws.log_pi)
-
-  return loss
+  return IWAELoss(family, log_density, num_samples)
 
 
-def renyi_loss(family: Family, log_density: Callable, num_samples: int, alpha: float) -> Callable:
+def renyi_loss(family: Family, log_density: Callable, num_samples: int, alpha: float) -> RenyiLoss:
   """Variational Rényi objective (Li & Turner 2016), as a loss to minimise.
 
   loss(θ) = −L̂_α,  L̂_α = 1/(1 − α) · log Σ_i π_i (p̃(x_i) / q_θ(x_i))^{1−α},  0 ≤ α ≤ 1,
@@ -272,7 +246,7 @@ def renyi_loss(family: Family, log_density: Callable, num_samples: int, alpha: f
       importance-weighted bound).
 
   Returns:
-    `loss(params, key) -> scalar`, to pass to `klax.fit` or `klax.fit_batch`.
+    A `RenyiLoss`, called as `loss(params, key) -> scalar`.
 
   Examples:
     >>> import jax, jax.numpy as jnp, klax
@@ -283,12 +257,7 @@ def renyi_loss(family: Family, log_density: Callable, num_samples: int, alpha: f
     >>> bool(losses[0] > losses[1] > losses[2])  # −ELBO ≥ −L_0.5 ≥ −L_0 (same draws)
     True
   """
-  family, target = _family(family), _target(log_density)
+  family, log_density = _family(family), _target(log_density)
   num_samples = _checks.positive_int(num_samples, "num_samples")
-  epsilon = 1.0 - _variational.check_alpha(alpha)
-
-  def loss(params, key):
-    draws = _variational.draw(family, target, params, key, num_samples)
-    return -_variational.renyi_bound(draws.log_w, draws.log_pi, epsilon)
-
-  return loss
+  alpha = _variational.check_alpha(alpha)
+  return RenyiLoss(family, log_density, num_samples, alpha)

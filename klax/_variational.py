@@ -78,12 +78,22 @@ def check_alpha(alpha) -> float:
   return alpha
 
 
-class Draws(NamedTuple):
-  """Log weights t = log p̃(x) − log q_θ(x), log q_θ(x) and the draws' log weights log π."""
+GRADIENTS = ("reparam", "score", "stl")
 
-  log_w: jax.Array  # [N]
-  log_q: jax.Array  # [N]
-  log_pi: jax.Array  # [N], logsumexp(log_pi) = 0
+
+class WeightedDraws(NamedTuple):
+  """Weighted draws x_i from q_θ, as what every reverse-KL objective averages.
+
+  Attributes:
+    log_w: the log weights t_i = log p̃(x_i) − log q_θ(x_i), shape [N].
+    log_q: log q_θ(x_i), shape [N].
+    log_pi: the draws' log weights log π_i, shape [N], with logsumexp(log_pi) = 0 (−inf for a
+      mixture component of weight 0).
+  """
+
+  log_w: jax.Array
+  log_q: jax.Array
+  log_pi: jax.Array
 
 
 def reparameterised(dist) -> bool:
@@ -126,7 +136,7 @@ def _stratified_draws(q, key, num_samples):
   return x, log_pi
 
 
-def draw(family, target, params, key, num_samples: int, gradient: str = "reparam") -> Draws:
+def draw(family, target, params, key, num_samples: int, gradient: str = "reparam") -> WeightedDraws:
   """Weighted draws from q_θ = family.dist(θ) with the gradient path chosen by `gradient`.
 
   "reparam": pathwise through x and log q_θ(x); "stl": pathwise through x (and the mixture
@@ -164,7 +174,7 @@ def draw(family, target, params, key, num_samples: int, gradient: str = "reparam
       f"`log_density` must return a scalar for one point of shape {tuple(x.shape[1:])}, got "
       f"shape {tuple(log_p.shape[1:])}."
     )
-  return Draws(log_p - log_q, log_q, log_pi.astype(log_q.dtype))
+  return WeightedDraws(log_p - log_q, log_q, log_pi.astype(log_q.dtype))
 
 
 def weighted_mean(t: jax.Array, log_pi: jax.Array) -> jax.Array:
