@@ -5,6 +5,11 @@ Every divergence takes `p` first and means D(p ‖ q) = E_p[log p − log q].
 
 from klax import _registrations  # noqa: F401  (registers klax's closed forms with TFP)
 from klax import families
+from klax._amortized import AmortizedELBOLoss
+from klax._amortized import AmortizedIWAELoss
+from klax._amortized import ConditionalFamily
+from klax._amortized import amortized_elbo_loss
+from klax._amortized import amortized_iwae_loss
 from klax._closed_form import UnsupportedDistributionError
 from klax._closed_form import cross_entropy
 from klax._closed_form import entropy
@@ -54,7 +59,10 @@ from klax.families import Family
 __version__ = "0.1.0"
 
 __all__ = (
+  "AmortizedELBOLoss",
+  "AmortizedIWAELoss",
   "Basin",
+  "ConditionalFamily",
   "Estimate",
   "Family",
   "FitResult",
@@ -65,6 +73,8 @@ __all__ = (
   "ReverseKLLoss",
   "UnsupportedDistributionError",
   "WeightedDraws",
+  "amortized_elbo_loss",
+  "amortized_iwae_loss",
   "basin_report",
   "cross_entropy",
   "cross_entropy_logits",
