@@ -32,6 +32,7 @@ EXPERIMENTS = (
   "mode_seeking_phase",
   "alpha_interpolation",
   "bayesian_logistic_regression",
+  "vae_digits",
 )
 
 
