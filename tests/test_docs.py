@@ -27,7 +27,13 @@ def test_site_builds_in_strict_mode(tmp_path):
   fitting = (tmp_path / "site" / "reference" / "fitting" / "index.html").read_text()
   assert "gradient_variance_draws" in fitting and "klax.fit_batch" in fitting
   objectives = (tmp_path / "site" / "concepts" / "objectives" / "index.html").read_text()
-  assert 'class="arithmatex"' in objectives  # The equations are handed to MathJax.
+  # Formulas are MathML in the page itself: no script, no network (offline they still render).
+  assert (
+    "<math" in objectives and "\\(" not in objectives and 'class="arithmatex"' not in objectives
+  )
+  for page in (tmp_path / "site").rglob("*.html"):
+    text = page.read_text()
+    assert "unpkg.com" not in text and "cdn.jsdelivr" not in text, page
 
 
 @pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=[p.stem for p in PAGES_WITH_CODE])
