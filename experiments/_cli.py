@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from experiments import _claims
 from experiments import _folder
 from experiments import _io
 from experiments import _repeat
@@ -54,12 +55,15 @@ def main(
   figures: dict[str, Callable[[dict, Path], None]],
   argv=None,
   seed: int | None = None,
+  claims: Callable[[dict], list[_claims.Claim]] | None = None,
 ) -> dict:
   """Parses `--quick`/`--out`/`--repeat`, runs the experiment, writes its outputs, prints its table.
 
   Writes to the output folder: `results.json` (config, the PRNG seed every key derives from,
   results, versions, device, wall time), `table.md` (the key table) and one PNG per entry of
   `figures`, all at once (see the module docstring for what happens on each failure).
+  `claims(results)`, when given, states the experiment's claims and checks them on the results:
+  they go into results.json and, with a concluding sentence, under the table in table.md.
   """
   parser = argparse.ArgumentParser(prog=f"{name}.py", description=description)
   parser.add_argument("--quick", action="store_true", help="small sizes (what the tests run)")
@@ -86,22 +90,29 @@ def main(
       "config": dataclasses.asdict(config),
       "key_seed": seed,
       "results": results,
+      "claims": [],
       "wall_time_s": wall,
       **_io.provenance(),
     }
-    _write_outputs(folder, name, payload, table, figures)
+    _write_outputs(folder, name, payload, table, figures, claims)
   print(
     f"\n{name}: {wall:.1f} s; wrote {folder.path}/results.json, table.md and {', '.join(figures)}"
   )
   return results
 
 
-def _write_outputs(folder, name: str, payload: dict, table: Callable, figures: dict) -> None:
+def _write_outputs(
+  folder, name: str, payload: dict, table: Callable, figures: dict, claims: Callable | None
+) -> None:
   """Prints the table and writes every output; an error keeps the folder's previous outputs and
   saves results.json elsewhere (the message says where)."""
   results = payload["results"]
   try:
     text = table(results)
+    if claims is not None:
+      checked = claims(results)
+      payload["claims"] = [c._asdict() for c in checked]
+      text += "\n\n" + _claims.section(checked)
     print(text)
     folder.stage("results.json", _io.json_bytes(payload))
     folder.stage("table.md", (text + "\n").encode())

@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # Run as a script: make the `experiments` package
 
 import klax
 from experiments import _cli
+from experiments._claims import Claim
 
 SEED = 20261122  # Every key of this experiment derives from it; recorded in results.json.
 KEY = jax.random.key(SEED)
@@ -232,6 +233,35 @@ def plot(results: dict, path: Path) -> None:
   _cli.save(fig, path)
 
 
+def claims(results: dict) -> list[Claim]:
+  rows = {r["method"]: r for r in results["rows"]}
+  mean_field, full, flow = (
+    rows["mean-field normal"],
+    rows["full-rank normal"],
+    rows["RQ-spline flow"],
+  )
+  return [
+    Claim(
+      "mean-field VI underestimates the posterior's spread",
+      f"its sds are {mean_field['sd_ratio']:.2f} of NUTS's (< 0.8)",
+      mean_field["sd_ratio"] < 0.8,
+    ),
+    Claim(
+      "full-rank and flow posteriors match NUTS's moments",
+      f"mean errors {full['mean_error_in_sd']:.3f} and {flow['mean_error_in_sd']:.3f} NUTS sds "
+      f"(< 0.1), sd ratios {full['sd_ratio']:.2f} and {flow['sd_ratio']:.2f} (within 0.1 of 1)",
+      max(full["mean_error_in_sd"], flow["mean_error_in_sd"]) < 0.1
+      and max(abs(full["sd_ratio"] - 1), abs(flow["sd_ratio"] - 1)) < 0.1,
+    ),
+    Claim(
+      "a richer family reaches a higher ELBO",
+      f"ELBO mean-field {mean_field['elbo']:.2f} < flow {flow['elbo']:.2f} and full-rank "
+      f"{full['elbo']:.2f}",
+      mean_field["elbo"] < min(flow["elbo"], full["elbo"]),
+    ),
+  ]
+
+
 def main(argv=None) -> dict:
   description = __doc__.splitlines()[0]
   return _cli.main(
@@ -243,6 +273,7 @@ def main(argv=None) -> dict:
     {"posterior_moments.png": plot},
     argv,
     seed=SEED,
+    claims=claims,
   )
 
 

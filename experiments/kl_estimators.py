@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # Run as a script: make the `experiments` package
 
 import klax
 from experiments import _cli
+from experiments._claims import Claim
 
 SEED = 20261122  # Every key of this experiment derives from it; recorded in results.json.
 KEY = jax.random.key(SEED)
@@ -127,6 +128,36 @@ def plot(results: dict, path: Path) -> None:
   _cli.save(fig, path)
 
 
+def claims(results: dict) -> list[Claim]:
+  rows = results["gaussian"] + results["categorical"]
+
+  def unbiased(k):
+    return max(abs(r[k]["bias"]) / r[k]["stderr"] for r in rows)
+
+  far = [r for r in rows if r["true_kl"] > 0.4]
+  near = [r for r in rows if r["true_kl"] < 0.1]
+  k2_bias = min(r["k2"]["bias"] / r["k2"]["stderr"] for r in far)
+  return [
+    Claim(
+      "k1 and k3 are unbiased",
+      f"over {len(rows)} pairs the largest |bias| is {unbiased('k1'):.1f} (k1) and "
+      f"{unbiased('k3'):.1f} (k3) standard errors (< 4)",
+      max(unbiased("k1"), unbiased("k3")) < 4,
+    ),
+    Claim(
+      "k2 is biased once the KL is not small",
+      f"for the {len(far)} pairs with KL > 0.4 its bias is at least {k2_bias:.0f} standard errors",
+      k2_bias > 4,
+    ),
+    Claim(
+      "when p ≈ q, k3 has a far smaller spread than k1",
+      "for every pair with KL < 0.1: sd(k3) < sd(k1) / 4 (smallest ratio "
+      f"{min(r['k1']['sd'] / r['k3']['sd'] for r in near):.1f})",
+      all(r["k3"]["sd"] < r["k1"]["sd"] / 4 for r in near),
+    ),
+  ]
+
+
 def main(argv=None) -> dict:
   description = __doc__.splitlines()[0]
   return _cli.main(
@@ -138,6 +169,7 @@ def main(argv=None) -> dict:
     {"bias_and_sd.png": plot},
     argv,
     seed=SEED,
+    claims=claims,
   )
 
 

@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # Run as a script: make the `experiments` package
 
 import klax
 from experiments import _cli
+from experiments._claims import Claim
 
 SEED = 20261122  # Every key of this experiment derives from it; recorded in results.json.
 KEY = jax.random.key(SEED)
@@ -170,6 +171,36 @@ def plot(results: dict, path: Path) -> None:
   _cli.save(fig, path)
 
 
+def claims(results: dict) -> list[Claim]:
+  rows = results["rows"]
+  best = [row["basins"][0] for row in rows]
+  covering = [row["d"] for row, b in zip(rows, best, strict=True) if abs(b["mu"]) < 0.5]
+  seeking = [row["d"] for row, b in zip(rows, best, strict=True) if abs(b["mu"]) >= 0.5]
+  last, kinds = best[-1], {b["kind"] for row in rows for b in row["basins"]}
+  return [
+    Claim(
+      "for close modes the reverse-KL optimum covers both; past a critical separation it seeks one",
+      f"global minimum centred (|μ| < 0.5) for d ≤ {max(covering):.2f}, on a mode for "
+      f"d ≥ {min(seeking):.2f}"
+      if seeking
+      else "the global minimum never left the centre",
+      bool(seeking) and max(covering) < min(seeking),
+    ),
+    Claim(
+      "far apart, the mode-seeking solution is one component: KL(Q ‖ P) → log 2",
+      f"d = {rows[-1]['d']:.2f}: N({last['mu']:.2f}, {last['sigma']:.2f}²), KL {last['kl']:.4f} "
+      f"against log 2 = {math.log(2):.4f} (within 0.01)",
+      abs(last["kl"] - math.log(2)) < 0.01,
+    ),
+    Claim(
+      "every group of end points is a local minimum, not a saddle the fits had not yet left",
+      "the Hessian of the exact KL at each group's centre is positive definite: kinds found "
+      + ", ".join(sorted(kinds)),
+      kinds == {"minimum"},
+    ),
+  ]
+
+
 def main(argv=None) -> dict:
   description = __doc__.splitlines()[0]
   return _cli.main(
@@ -181,6 +212,7 @@ def main(argv=None) -> dict:
     {"bifurcation.png": plot},
     argv,
     seed=SEED,
+    claims=claims,
   )
 
 

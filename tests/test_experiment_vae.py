@@ -20,7 +20,10 @@ def test_vae_digits_klax_matches_a_hand_written_vae_and_iwae_training_helps(tmp_
     capture_output=True,
     timeout=600,
   )
-  results = json.loads((tmp_path / "results.json").read_text())["results"]
+  payload = json.loads((tmp_path / "results.json").read_text())
+  results = payload["results"]
+  assert [c["held"] for c in payload["claims"]] == [True, True, True], payload["claims"]
+  assert "All 3 claims held" in (tmp_path / "table.md").read_text()
   by = {row["variant"]: row for row in results["rows"]}
   assert len(by) == 4
   for row in by.values():  # log p(x) ≥ L_K ≥ ELBO: the IWAE estimate lies above the ELBO.
@@ -30,8 +33,19 @@ def test_vae_digits_klax_matches_a_hand_written_vae_and_iwae_training_helps(tmp_
   hand, iwae = by["hand-written ELBO"], by["klax IWAE"]
   assert abs(closed["log_likelihood"] - sampled["log_likelihood"]) < 0.5
   assert abs(closed["log_likelihood"] - hand["log_likelihood"]) < 1.0
+  assert len(results["hand_written_other_keys"]) == 3
   assert iwae["log_likelihood"] > max(closed["log_likelihood"], sampled["log_likelihood"])
   images = results["images"]
   assert np.asarray(images["reconstructions"]).shape == (10, 64)
   assert 0.0 <= np.min(images["samples"]) and np.max(images["samples"]) <= 1.0
   assert (tmp_path / "digits.png").stat().st_size > 10_000
+
+
+def test_claims_section_escapes_table_cells_and_concludes():
+  from experiments._claims import Claim
+  from experiments._claims import section
+
+  text = section([Claim("a | b", "|x| < 1", True), Claim("c", "d", False)])
+  assert "| a \\| b | \\|x\\| < 1 | yes |" in text
+  assert text.endswith("1 of 2 claims held; not held: c")
+  assert section([Claim("a", "b", True)]).endswith("All 1 claims held on this run.")
