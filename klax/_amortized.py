@@ -16,6 +16,7 @@ leaves), so `klax.fit` on a new data set of the same shape does not recompile.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 from typing import Literal
@@ -30,6 +31,7 @@ from klax import _variational
 from klax._closed_form import UnsupportedDistributionError
 from klax._closed_form import kl_divergence
 from klax._family import Family
+from klax._family import of_distribution
 from klax._losses import _loss_pytree
 
 KL_TERMS = ("auto", "analytic", "sampled")
@@ -56,7 +58,7 @@ def _observations(data, batch_size, key):
 
 def _draws(loss, params, x, key, log_prior: bool) -> _variational.WeightedDraws:
   """Draws z from q_φ(· | x), log weights log p_θ(x | z) [+ log p(z)] − log q_φ(z | x)."""
-  family = Family(None, lambda p: loss.encoder.dist(p, x))
+  family = of_distribution(lambda p: loss.encoder.dist(p, x))
 
   def target(z):
     value = loss.log_likelihood(params, x, z)
@@ -81,6 +83,7 @@ def _analytic(loss, params, x) -> bool:
   data_fields=("data", "log_likelihood", "prior"),
   meta_fields=("encoder", "num_samples", "batch_size", "kl"),
 )
+@dataclasses.dataclass(frozen=True, eq=False)
 class AmortizedELBOLoss:
   """−(1/B) Σ_b ELBO(x_b) for an encoder q_φ(z | x), a likelihood p_θ(x | z) and a prior p(z)."""
 
@@ -112,6 +115,7 @@ class AmortizedELBOLoss:
   data_fields=("data", "log_likelihood", "prior"),
   meta_fields=("encoder", "num_samples", "batch_size"),
 )
+@dataclasses.dataclass(frozen=True, eq=False)
 class AmortizedIWAELoss:
   """−(1/B) Σ_b log (1/K) Σ_k p_θ(x_b, z_k) / q_φ(z_k | x_b): the negative mean IWAE bound."""
 
@@ -133,7 +137,9 @@ class AmortizedIWAELoss:
     return -jnp.mean(jax.vmap(bound)(data, keys))
 
 
-def _checked(encoder, log_likelihood, prior, data, num_samples, batch_size):
+def _checked(
+  encoder, log_likelihood, prior, data, num_samples, batch_size
+) -> tuple[jax.Array, int, int | None]:
   if isinstance(encoder, Family):
     raise TypeError(
       "`encoder` must be a klax ConditionalFamily(init, dist) with dist(params, x), got a Family "
@@ -149,13 +155,13 @@ def _checked(encoder, log_likelihood, prior, data, num_samples, batch_size):
       f"{type(log_likelihood).__name__}."
     )
   _checks.distribution(prior, "prior")
-  data = _checks.float_array(data, "data")
-  if data.ndim == 0 or data.shape[0] == 0:
-    raise ValueError(f"`data` must hold at least one observation, got shape {data.shape}.")
+  array = _checks.float_array(data, "data")
+  if array.ndim == 0 or array.shape[0] == 0:
+    raise ValueError(f"`data` must hold at least one observation, got shape {array.shape}.")
   num_samples = _checks.positive_int(num_samples, "num_samples")
   if batch_size is not None:
     batch_size = _checks.positive_int(batch_size, "batch_size")
-  return data, num_samples, batch_size
+  return array, num_samples, batch_size
 
 
 def amortized_elbo_loss(

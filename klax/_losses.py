@@ -1,6 +1,6 @@
 """The losses klax's objectives return: pytrees whose array fields are data, the rest configuration.
 
-Each loss is a frozen dataclass registered with `jax.tree_util.register_dataclass` and called as
+Each loss is a frozen dataclass registered as a pytree (`jax.tree_util.register_pytree_node`), called as
 `loss(params, key) -> scalar`. Its data (the samples of `ForwardKLLoss`; a target that is a
 pytree of arrays, such as a `jax.tree_util.Partial` over a data set) are pytree leaves; the
 family, the sizes and a target that is a plain function are static (part of the tree structure),
@@ -38,7 +38,7 @@ def _is_data(value: Any) -> bool:
 
 
 def _loss_pytree(data_fields: tuple[str, ...], meta_fields: tuple[str, ...]):
-  """A frozen dataclass registered as a pytree.
+  """Registers a frozen dataclass (`eq=False`: compared by identity) as a pytree.
 
   `meta_fields` are always static; each of `data_fields` is a child when it is data (its leaves
   all arrays or numbers) and static otherwise (e.g. a plain `log_density` function, which is
@@ -46,8 +46,6 @@ def _loss_pytree(data_fields: tuple[str, ...], meta_fields: tuple[str, ...]):
   """
 
   def register(cls):
-    cls = dataclasses.dataclass(frozen=True, eq=False)(cls)
-
     def flatten(loss):
       values = [getattr(loss, name) for name in data_fields]
       children = tuple(v if _is_data(v) else None for v in values)
@@ -68,7 +66,7 @@ def _loss_pytree(data_fields: tuple[str, ...], meta_fields: tuple[str, ...]):
 
 
 def _log_prob(family: Family) -> Callable:
-  if getattr(family, "log_prob", None):
+  if family.log_prob is not None:
     return family.log_prob
   return lambda params, x: family.dist(params).log_prob(x)
 
@@ -155,6 +153,7 @@ def score_function_surrogate(f: jax.Array, log_q: jax.Array) -> jax.Array:
 
 
 @_loss_pytree(data_fields=("data",), meta_fields=("family", "batch_size"))
+@dataclasses.dataclass(frozen=True, eq=False)
 class ForwardKLLoss:
   """−(1/n) Σ_i log q_θ(x_i) over `data` (or a minibatch of `batch_size` drawn with `key`)."""
 
@@ -183,6 +182,7 @@ class ForwardKLLoss:
 
 
 @_loss_pytree(data_fields=("log_density",), meta_fields=("family", "num_samples", "gradient"))
+@dataclasses.dataclass(frozen=True, eq=False)
 class ReverseKLLoss:
   """−Σ_i π_i [log p̃(x_i) − log q_θ(x_i)], x_i ~ q_θ: the negative ELBO."""
 
@@ -203,6 +203,7 @@ class ReverseKLLoss:
 
 
 @_loss_pytree(data_fields=("log_density",), meta_fields=("family", "num_samples"))
+@dataclasses.dataclass(frozen=True, eq=False)
 class IWAELoss:
   """−log Σ_i π_i p̃(x_i) / q_θ(x_i), x_i ~ q_θ reparameterised: the negative IWAE bound."""
 
@@ -217,6 +218,7 @@ class IWAELoss:
 
 
 @_loss_pytree(data_fields=("log_density",), meta_fields=("family", "num_samples", "alpha"))
+@dataclasses.dataclass(frozen=True, eq=False)
 class RenyiLoss:
   """−(1/(1 − α)) log Σ_i π_i (p̃(x_i) / q_θ(x_i))^{1−α}: the negative Rényi bound."""
 
