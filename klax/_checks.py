@@ -8,6 +8,7 @@ too. Value problems (a negative probability, say) can only be seen on concrete a
 from __future__ import annotations
 
 from typing import Any
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +61,7 @@ def positive_int(value: Any, name: str) -> int:
   return int(value)
 
 
-def estimator_name(estimator: Any) -> str:
+def estimator_name(estimator: Any) -> Literal["k1", "k2", "k3"]:
   """Returns `estimator` if it names a KL estimator, or raises `ValueError`."""
   if estimator not in ESTIMATORS:
     raise ValueError(f"`estimator` must be one of {ESTIMATORS}, got {estimator!r}.")

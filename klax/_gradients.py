@@ -6,14 +6,19 @@ tail shape k̂ of per-sample terms says whether a standard error means anything.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from klax import _checks
+from klax._typing import Loss
+from klax._typing import Params
+from klax._typing import PRNGKey
 
 
-def gradient_variance(loss, params, key: jax.Array, num_draws: int) -> jax.Array:
+def gradient_variance(loss: Loss, params: Params, key: PRNGKey, num_draws: int) -> jax.Array:
   """Total variance of a stochastic gradient: tr Cov_k[∇_θ loss(θ, k)] over independent keys.
 
   Evaluates ∇_θ loss(params, k_j) for `num_draws` independent keys k_j (vmapped) and returns the
@@ -44,10 +49,11 @@ def gradient_variance(loss, params, key: jax.Array, num_draws: int) -> jax.Array
     raise ValueError(f"`num_draws` must be at least 2 to estimate a variance, got {num_draws}.")
   keys = jax.random.split(_checks.prng_key(key, "key"), num_draws)
   grads = jax.vmap(jax.grad(loss), in_axes=(None, 0))(params, keys)
-  return sum(
+  variances = [
     jnp.sum(jnp.var(_checks.promote_low_precision(g).reshape(num_draws, -1), axis=0, ddof=1))
     for g in jax.tree.leaves(grads)
-  )
+  ]
+  return functools.reduce(jnp.add, variances) if variances else jnp.zeros(())
 
 
 def generalized_pareto_shape(exceedances: jax.Array) -> jax.Array:

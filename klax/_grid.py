@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from klax import _checks
 from klax._logits import kl_from_logits
@@ -28,7 +29,9 @@ def _log_values(log_density: LogDensity, grid: jax.Array, name: str) -> jax.Arra
   return values
 
 
-def kl_divergence_grid(log_p: LogDensity, log_q: LogDensity, grid, normalize: bool = True):
+def kl_divergence_grid(
+  log_p: LogDensity, log_q: LogDensity, grid: ArrayLike, normalize: bool = True
+) -> jax.Array:
   """KL(p ‖ q) from log-densities evaluated on a grid.
 
   With `normalize=True` (the default) the density values are normalised to sum to one over the

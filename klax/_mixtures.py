@@ -28,9 +28,10 @@ from klax._gaussian_mixture import mixtures as _mixtures
 from klax._gaussian_mixture import product_approx as _product_approx
 from klax._gaussian_mixture import upper_bound as _upper_bound
 from klax._gaussian_mixture import variational_approx as _variational_approx
+from klax._typing import Distribution
 
 
-def kl_divergence_mixture_variational_approx(p, q) -> jax.Array:
+def kl_divergence_mixture_variational_approx(p: Distribution, q: Distribution) -> jax.Array:
   """Variational approximation of KL(p ‖ q) for Gaussian mixtures (Hershey & Olsen 2007).
 
   D_var = Σ_a π_a log[ Σ_a' π_a' e^{−D(f_a‖f_a')} / Σ_b ω_b e^{−D(f_a‖g_b)} ].
@@ -56,7 +57,7 @@ def kl_divergence_mixture_variational_approx(p, q) -> jax.Array:
   return _variational_approx(*_mixtures(p, q))
 
 
-def kl_divergence_mixture_product_approx(p, q) -> jax.Array:
+def kl_divergence_mixture_product_approx(p: Distribution, q: Distribution) -> jax.Array:
   """Product-of-Gaussians approximation of KL(p ‖ q) (Hershey & Olsen 2007).
 
   D_prod = Σ_a π_a log[ Σ_a' π_a' z_aa' / Σ_b ω_b t_ab ],  z_aa' = ∫ f_a f_a', t_ab = ∫ f_a g_b.
@@ -82,7 +83,7 @@ def kl_divergence_mixture_product_approx(p, q) -> jax.Array:
   return _product_approx(*_mixtures(p, q))
 
 
-def kl_divergence_mixture_matched_bound_approx(p, q) -> jax.Array:
+def kl_divergence_mixture_matched_bound_approx(p: Distribution, q: Distribution) -> jax.Array:
   """Goldberger's matched-bound approximation of KL(p ‖ q) (Hershey & Olsen 2007, §5).
 
   D_match = Σ_a π_a [ D(f_a ‖ g_{m(a)}) + log(π_a / ω_{m(a)}) ],
@@ -109,7 +110,7 @@ def kl_divergence_mixture_matched_bound_approx(p, q) -> jax.Array:
   return _matched_bound_approx(*_mixtures(p, q))
 
 
-def kl_divergence_mixture_lower_bound(p, q) -> jax.Array:
+def kl_divergence_mixture_lower_bound(p: Distribution, q: Distribution) -> jax.Array:
   """A lower bound on KL(p ‖ q) for Gaussian mixtures (Durrieu, Thiran & Kelly 2012).
 
   KL ≥ Σ_a π_a [ log Σ_a' π_a' e^{−D(f_a‖f_a')} − H(f_a) − log Σ_b ω_b t_ab ].
@@ -137,7 +138,9 @@ def kl_divergence_mixture_lower_bound(p, q) -> jax.Array:
   return _lower_bound(*_mixtures(p, q))
 
 
-def kl_divergence_mixture_upper_bound(p, q, *, num_iterations: int = 50) -> jax.Array:
+def kl_divergence_mixture_upper_bound(
+  p: Distribution, q: Distribution, *, num_iterations: int = 50
+) -> jax.Array:
   """Variational upper bound on KL(p ‖ q) for Gaussian mixtures (Hershey & Olsen 2007, §7).
 
   For any φ_ab, ψ_ab ≥ 0 with Σ_b φ_ab = π_a and Σ_a ψ_ab = ω_b (the chain rule for KL):

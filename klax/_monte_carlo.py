@@ -44,10 +44,14 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from klax import _checks
 from klax import _series
 from klax._gradients import terms_pareto_shape
+from klax._typing import Distribution
+from klax._typing import Estimator
+from klax._typing import PRNGKey
 
 
 @functools.partial(
@@ -98,7 +102,7 @@ def warn_if_heavy_tailed(estimate: Estimate, what: str, stacklevel: int = 3) -> 
     )
 
 
-def kl_from_log_ratio(log_ratio, estimator: str = "k1") -> jax.Array:
+def kl_from_log_ratio(log_ratio: ArrayLike, estimator: Estimator = "k1") -> jax.Array:
   """Per-sample KL estimator values from log ratios ℓ = log p(x) − log q(x), x ~ p.
 
   k1 = ℓ;  k2 = ½ ℓ²;  k3 = (e^{−ℓ} − 1) + ℓ. Their mean over x ~ p estimates KL(p ‖ q) (k1 and
@@ -166,7 +170,9 @@ def _samples(p, key: jax.Array, num_samples: int):
   return x, _checks.promote_low_precision(log_p)
 
 
-def kl_divergence_mc(p, q, key: jax.Array, num_samples: int, estimator: str = "k1") -> Estimate:
+def kl_divergence_mc(
+  p: Distribution, q: Distribution, key: PRNGKey, num_samples: int, estimator: Estimator = "k1"
+) -> Estimate:
   """Monte Carlo estimate of KL(p ‖ q) = E_{x ~ p}[log p(x) − log q(x)].
 
   Draws `num_samples` points from `p` with `key`, forms the log ratios and averages the chosen
@@ -206,7 +212,7 @@ def kl_divergence_mc(p, q, key: jax.Array, num_samples: int, estimator: str = "k
   return mean_and_stderr(terms, f"kl_divergence_mc({estimator})", log_r)
 
 
-def entropy_mc(p, key: jax.Array, num_samples: int) -> Estimate:
+def entropy_mc(p: Distribution, key: PRNGKey, num_samples: int) -> Estimate:
   """Monte Carlo estimate of H(p) = −E_{x ~ p}[log p(x)], with its standard error.
 
   `pareto_k` is the k̂ of the tail of −log p(x) (a `RuntimeWarning` outside `jit` above 0.5);
@@ -232,7 +238,7 @@ def entropy_mc(p, key: jax.Array, num_samples: int) -> Estimate:
   return mean_and_stderr(-log_p, "entropy_mc")
 
 
-def cross_entropy_mc(p, q, key: jax.Array, num_samples: int) -> Estimate:
+def cross_entropy_mc(p: Distribution, q: Distribution, key: PRNGKey, num_samples: int) -> Estimate:
   """Monte Carlo estimate of H(p, q) = −E_{x ~ p}[log q(x)], with its standard error.
 
   `pareto_k` is the k̂ of the tail of −log q(x), x ~ p (heavy where q is much thinner than p; a
