@@ -11,6 +11,7 @@ runner with its name and exit status, and report.md is written (atomically) only
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -55,12 +56,28 @@ def run_one(name: str, out: Path, quick: bool) -> float:
   return time.perf_counter() - start
 
 
+def _recorded_wall_time(folder: Path) -> float | None:
+  try:
+    return float(json.loads((folder / "results.json").read_text())["wall_time_s"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+
+
 def report(out: Path, names, wall_times: dict) -> str:
-  """`report.md`'s text: each experiment's key table and figures (seeds' numbers beside klax's)."""
+  """`report.md`'s text: each experiment's key table, claims and figures.
+
+  It covers the experiments just run (`names`) and every other one whose outputs are already in
+  `out` (run earlier, e.g. `python -m experiments NAME` for one of them), in the order of
+  EXPERIMENTS; their wall times are those recorded in their results.json.
+  """
+  present = [n for n in EXPERIMENTS if n in names or (out / n / "table.md").exists()]
   lines = ["# klax experiments", ""]
-  for name in names:
+  for name in present:
     folder = out / name
-    lines += [f"## {name}", "", f"Wall time: {wall_times[name]:.1f} s.", ""]
+    wall = wall_times.get(name, _recorded_wall_time(folder))
+    lines += [f"## {name}", ""]
+    if wall is not None:
+      lines += [f"Wall time: {wall:.1f} s.", ""]
     lines += [(folder / "table.md").read_text().strip(), ""]
     for figure in sorted(folder.glob("*.png")):
       lines += [f"![{name}: {figure.stem}]({name}/{figure.name})", ""]

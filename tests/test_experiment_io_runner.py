@@ -77,3 +77,14 @@ def test_an_interrupted_runner_stops_its_experiment(scripts, monkeypatch):
     run_all.main(["--out", str(scripts), "slow"])
   assert started[0].returncode == -signal.SIGTERM  # Stopped (so that it can clean up), not left.
   assert [p.name for p in scripts.iterdir()] in ([], ["slow"])  # No lock or temporary file.
+
+
+def test_the_report_keeps_experiments_run_earlier_into_the_same_folder(scripts):
+  out = scripts
+  (out / "fail").mkdir(parents=True)  # An earlier run of `fail`, with its recorded wall time.
+  (out / "fail" / "table.md").write_text("| earlier |")
+  (out / "fail" / "results.json").write_text('{"wall_time_s": 12.5}')
+  run_all.main(["--out", str(out), "ok"])
+  report = (out / "report.md").read_text()
+  assert report.index("## ok") < report.index("## fail")  # In the order of EXPERIMENTS.
+  assert "| earlier |" in report and "Wall time: 12.5 s." in report
