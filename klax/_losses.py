@@ -121,7 +121,8 @@ def score_function_surrogate(f: jax.Array, log_q: jax.Array) -> jax.Array:
   s = (1/S) Σ_s (f_s − b_s) log q_θ(x_s) − the same with stopped gradients, with f stopped and
   the baseline b_s = mean_{t≠s} f_t (independent of x_s, so the estimate is unbiased):
   value + score_function_surrogate(f, log_q) has the value of `value` and the gradient
-  ∇ value + (1/S) Σ_s (f_s − b_s) ∇ log q_θ(x_s).
+  ∇ value + (1/S) Σ_s (f_s − b_s) ∇ log q_θ(x_s). For ∇ E_q[f] alone, stop the gradient of
+  `value` (an estimate of E_q[f] from the same draws).
 
   Args:
     f: f(x_s) for S ≥ 2 draws x_s ~ q_θ drawn without gradient, shape [S].
@@ -133,9 +134,10 @@ def score_function_surrogate(f: jax.Array, log_q: jax.Array) -> jax.Array:
   Examples:
     >>> import jax, jax.numpy as jnp, klax
     >>> family, log_p = klax.families.normal(), lambda x: -0.5 * (x - 1.0) ** 2
-    >>> def negative_elbo(params, key):  # reverse_kl_loss(..., gradient="score") in two lines
+    >>> def negative_elbo(params, key):  # reverse_kl_loss(..., gradient="score") in a few lines
     ...   draws = klax.variational_draws(family, log_p, params, key, 16, gradient="score")
-    ...   return -jnp.mean(draws.log_w) + klax.score_function_surrogate(-draws.log_w, draws.log_q)
+    ...   value = jax.lax.stop_gradient(-jnp.mean(draws.log_w))  # its gradient: the surrogate's
+    ...   return value + klax.score_function_surrogate(-draws.log_w, draws.log_q)
     >>> params = {"loc": jnp.array(0.0), "log_scale": jnp.array(0.0)}
     >>> grads = jax.grad(negative_elbo)(params, jax.random.key(0))
     >>> bool(grads["loc"] < 0)  # the target lies to the right: the ELBO rises with loc
@@ -199,7 +201,8 @@ class ReverseKLLoss:
     value = -_variational.weighted_mean(draws.log_w, draws.log_pi)
     if self.gradient != "score":
       return value
-    return value + score_function_surrogate(-draws.log_w, draws.log_q)
+    # The draws carry no gradient; log q_θ inside log_w would add the zero-mean score term.
+    return jax.lax.stop_gradient(value) + score_function_surrogate(-draws.log_w, draws.log_q)
 
 
 @_loss_pytree(data_fields=("log_density",), meta_fields=("family", "num_samples"))
