@@ -53,6 +53,12 @@ from klax._objectives import forward_kl_loss
 from klax._objectives import iwae_loss
 from klax._objectives import renyi_loss
 from klax._objectives import reverse_kl_loss
+from klax._policy_kl import KLPenalty
+from klax._policy_kl import kl_estimator_loss
+from klax._policy_kl import kl_penalty
+from klax._policy_tokens import reduce_sequence
+from klax._policy_tokens import reduce_tokens
+from klax._policy_tokens import token_log_probs
 from klax._variational import WeightedDraws
 from klax.families import Family
 
@@ -68,6 +74,7 @@ __all__ = (
   "FitResult",
   "ForwardKLLoss",
   "IWAELoss",
+  "KLPenalty",
   "RenyiLoss",
   "ReverseKLDiagnostics",
   "ReverseKLLoss",
@@ -103,11 +110,16 @@ __all__ = (
   "kl_divergence_mixture_upper_bound",
   "kl_divergence_mixture_variational_approx",
   "kl_divergence_probs",
+  "kl_estimator_loss",
   "kl_from_log_ratio",
+  "kl_penalty",
   "pareto_shape",
+  "reduce_sequence",
+  "reduce_tokens",
   "renyi_loss",
   "reverse_kl_diagnostics",
   "reverse_kl_loss",
   "score_function_surrogate",
+  "token_log_probs",
   "variational_draws",
 )
