@@ -165,3 +165,19 @@ def test_bayesian_logistic_regression_against_nuts(tmp_path):
   assert rows["full-rank normal"]["elbo"] > rows["mean-field normal"]["elbo"]
   for row in rows.values():
     assert abs(row["held_out_lpd"] - reference) < 0.02
+
+
+def test_kl_regularised_policy_estimators_and_placements(tmp_path):
+  results = _run_script("kl_regularised_policy", tmp_path)["results"]
+  rows = {row["variant"]: row for row in results["rows"]}
+  for row in rows.values():  # Unbiased variants reach π* ∝ π_ref exp(r/β); the others do not.
+    if row["unbiased"]:
+      assert row["kl_to_optimum"] < 1e-5, row["variant"]
+    else:
+      assert row["kl_to_optimum"] > 1e-2, row["variant"]
+  k3 = rows["k3 as a loss"]
+  assert k3["kl_to_optimum"] > 3 * rows["k2 as a loss"]["kl_to_optimum"]
+  g = results["gradients"]  # On-policy identities, to float32 rounding; k3's gradient differs.
+  assert g["k1_reward_token_vs_k2_loss"] < 1e-5
+  assert g["k1_reward_returns_vs_kl_penalty_sequence"] < 1e-5
+  assert g["k3_loss_vs_k2_loss"] > 0.1
