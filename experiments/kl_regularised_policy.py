@@ -19,6 +19,7 @@ Run: python experiments/kl_regularised_policy.py [--quick] [--out DIR]
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import sys
 from pathlib import Path
@@ -89,44 +90,50 @@ def _problem(config: Config):
   return seqs, prefix, ref, reward, log_probs, log_ref, log_opt
 
 
-def _kl_term(kind, theta, sampler_tables, problem, config):
-  """E_S[Σ_t KL-term_t] by enumeration; its gradient is the variant's expected KL gradient."""
+KINDS = ("reward_returns", "reward_token", "penalty_sequence", "k2_loss", "k3_loss", "k3_corrected")
+KINDS = (*KINDS, "exact_token")
+
+
+def _kl_terms(theta, sampler_tables, problem, config):
+  """E_S[Σ_t KL-term_t] of every kind (in `KINDS` order), by enumeration: the gradient of each
+  is that kind's expected KL gradient (S: the sampler, its probabilities held constant)."""
   _, prefix, ref, _, log_probs, log_ref, _ = problem
   log_pi = log_probs(theta)
-  log_s = jax.lax.stop_gradient(log_probs(sampler_tables))
+  log_s = jax.lax.stop_gradient(log_probs(sampler_tables))  # = log π itself, on-policy.
   weight = jnp.exp(jnp.sum(log_s, axis=1))
-  off = log_s if sampler_tables is not theta else None
-  if kind == "reward_returns" or kind == "reward_token":  # REINFORCE with the k1 penalty.
-    value = klax.kl_penalty(log_pi, log_ref, behaviour_log_probs=off, level="token").value
-    if kind == "reward_returns":
-      value = jnp.cumsum(value[:, ::-1], axis=1)[:, ::-1]
-    terms = log_pi * value
-  elif kind == "penalty_sequence":
-    terms = klax.kl_penalty(log_pi, log_ref, behaviour_log_probs=off, estimator="k3").surrogate
-  elif kind in ("k2_loss", "k3_loss"):
-    terms = klax.kl_estimator_loss(log_pi, log_ref, estimator=kind[:2])
-  elif kind == "k3_corrected":
-    behaviour = jax.lax.stop_gradient(log_pi)
-    terms = klax.kl_estimator_loss(log_pi, log_ref, estimator="k3", behaviour_log_probs=behaviour)
-  else:  # exact_token: the full-vocabulary KL at every sampled prefix.
-    per = [
-      klax.kl_divergence_logits(theta[i][prefix[:, i]], ref[i][prefix[:, i]])
-      for i in range(config.length)
-    ]
-    terms = jnp.stack(per, axis=1)
-  return jnp.sum(weight * jnp.sum(terms, axis=1))
+  value = klax.kl_penalty(log_pi, log_ref, behaviour_log_probs=log_s, level="token").value
+  returns = jnp.cumsum(value[:, ::-1], axis=1)[:, ::-1]
+  sequence = klax.kl_penalty(log_pi, log_ref, behaviour_log_probs=log_s, estimator="k3")
+  corrected = jax.lax.stop_gradient(log_pi)
+  exact = [
+    klax.kl_divergence_logits(theta[i][prefix[:, i]], ref[i][prefix[:, i]])
+    for i in range(config.length)
+  ]
+  terms = (
+    log_pi * returns,  # k1 in the reward, REINFORCE with returns Σ_{u≥t}.
+    log_pi * value,  # k1 in the reward, each token credited with its own penalty.
+    sequence.surrogate,
+    klax.kl_estimator_loss(log_pi, log_ref, estimator="k2"),
+    klax.kl_estimator_loss(log_pi, log_ref, estimator="k3"),
+    klax.kl_estimator_loss(log_pi, log_ref, estimator="k3", behaviour_log_probs=corrected),
+    jnp.stack(exact, axis=1),  # The full-vocabulary KL at every sampled prefix.
+  )
+  return jnp.stack([jnp.sum(weight * jnp.sum(t, axis=1)) for t in terms])
 
 
-def _train(name, problem, config):
-  kind, off_policy, _, _ = VARIANTS[name]
+def _train(problem, config):
+  """Every variant at once (vmapped over variants, one compiled scan): [variants, steps, 3]."""
   _, _, ref, reward, log_probs, log_ref, log_opt = problem
   optimizer = optax.adam(config.learning_rate)
+  kinds = jnp.array([KINDS.index(v[0]) for v in VARIANTS.values()])
+  off = jnp.array([v[1] for v in VARIANTS.values()])
 
-  def loss(theta, lagged):
+  def loss(theta, lagged, kind, off_policy):
     log_pi = jnp.sum(log_probs(theta), axis=1)
     pg = -jnp.sum(jax.lax.stop_gradient(jnp.exp(log_pi)) * reward * log_pi)  # ∇ −E_π[r]
-    sampler = lagged if off_policy else theta
-    return pg + config.beta * _kl_term(kind, theta, sampler, problem, config)
+    sampler = jax.tree.map(lambda a, b: jnp.where(off_policy, a, b), lagged, theta)
+    terms = _kl_terms(theta, sampler, problem, config)
+    return pg + config.beta * jnp.sum(jax.nn.one_hot(kind, len(KINDS)) * terms)
 
   def metrics(theta):
     log_pi = jnp.sum(log_probs(theta), axis=1)
@@ -139,28 +146,30 @@ def _train(name, problem, config):
       ]
     )
 
-  def step(carry, i):
+  def step(carry, i, kind, off_policy):
     theta, lagged, state = carry
     lagged = jax.tree.map(lambda a, b: jnp.where(i % config.lag == 0, a, b), theta, lagged)
-    grads = jax.grad(loss)(theta, lagged)
+    grads = jax.grad(loss)(theta, lagged, kind, off_policy)
     updates, state = optimizer.update(grads, state, theta)
     theta = optax.apply_updates(theta, updates)
     return (theta, lagged, state), metrics(theta)
 
-  theta0 = [jnp.array(r) for r in ref]  # Start at the reference policy.
-  carry = (theta0, theta0, optimizer.init(theta0))
-  _, trace = jax.jit(lambda c: jax.lax.scan(step, c, jnp.arange(config.num_steps)))(carry)
-  return np.asarray(trace)
+  def one(kind, off_policy):
+    theta0 = [jnp.array(r) for r in ref]  # Start at the reference policy.
+    carry = (theta0, theta0, optimizer.init(theta0))
+    body = functools.partial(step, kind=kind, off_policy=off_policy)
+    return jax.lax.scan(body, carry, jnp.arange(config.num_steps))[1]
+
+  return np.asarray(jax.jit(jax.vmap(one))(kinds, off))
 
 
 def _initial_gradients(problem, config):
   """The KL terms' gradients at one policy: the on-policy identities, to float32 rounding."""
   rng = np.random.default_rng(SEED + 1)
   theta = [jnp.asarray(rng.normal(size=r.shape), jnp.float32) for r in problem[2]]
-  grads = {}
-  for kind in ("reward_returns", "penalty_sequence", "reward_token", "k2_loss", "k3_loss"):
-    g = jax.grad(lambda th, kind=kind: _kl_term(kind, th, th, problem, config))(theta)
-    grads[kind] = np.concatenate([np.ravel(x) for x in g])
+  jacobian = jax.jit(jax.jacobian(lambda th: _kl_terms(th, th, problem, config)))(theta)
+  flat = np.concatenate([np.reshape(x, (len(KINDS), -1)) for x in jacobian], axis=1)
+  grads = dict(zip(KINDS, flat, strict=True))
 
   def rel(a, b):
     return float(np.linalg.norm(grads[a] - grads[b]) / np.linalg.norm(grads[b]))
@@ -181,9 +190,11 @@ def run(config: Config) -> dict:
     "reward": float(np.sum(opt * reward)),
     "kl_to_ref": float(np.sum(opt * (np.asarray(log_opt) - np.asarray(jnp.sum(log_ref, 1))))),
   }
+  traces = _train(problem, config)
   rows = []
-  for name, (_, off_policy, unbiased, gradient_of) in VARIANTS.items():
-    trace = _train(name, problem, config)
+  for (name, (_, off_policy, unbiased, gradient_of)), trace in zip(
+    VARIANTS.items(), traces, strict=True
+  ):
     rows.append(
       {
         "variant": name,
