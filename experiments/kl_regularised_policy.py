@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # Run as a script: make the `experiments` package
 
 import klax
 from experiments import _cli
+from experiments._claims import Claim
 
 SEED = 20261202  # Every random number of this experiment derives from it.
 # name: (KL term, off-policy, unbiased for the sequence objective, the KL its gradient is of)
@@ -264,6 +265,37 @@ def plot(results: dict, path: Path) -> None:
   _cli.save(fig, path)
 
 
+def claims(results: dict) -> list[Claim]:
+  rows = {row["variant"]: row for row in results["rows"]}
+  g = results["gradients"]
+  unbiased = [r for r in rows.values() if r["unbiased"]]
+  worst = max(r["kl_to_optimum"] for r in unbiased)
+  k2, k3 = rows["k2 as a loss"], rows["k3 as a loss"]
+  return [
+    Claim(
+      "on-policy, k1 in the reward and k2 as a loss give the same gradient",
+      "relative difference of the expected gradients at a random policy "
+      f"{g['k1_reward_token_vs_k2_loss']:.1e} (< 1e-5)",
+      g["k1_reward_token_vs_k2_loss"] < 1e-5,
+    ),
+    Claim(
+      "k1 in the reward with returns and kl_penalty(level='sequence') give the sequence KL's "
+      "gradient and reach π* ∝ π_ref exp(r/β), on- and off-policy",
+      f"gradients differ by {g['k1_reward_returns_vs_kl_penalty_sequence']:.1e}; the largest "
+      f"final KL(π ‖ π*) of the {len(unbiased)} unbiased variants is {worst:.1e} (< 1e-5)",
+      g["k1_reward_returns_vs_kl_penalty_sequence"] < 1e-5 and worst < 1e-5,
+    ),
+    Claim(
+      "k3 as a loss settles at a different policy",
+      f"its final KL(π ‖ π*) is {k3['kl_to_optimum']:.3f} (k2 as a loss: "
+      f"{k2['kl_to_optimum']:.3f}, per-token only), its reward {k3['reward']:.3f} against the "
+      f"optimum's {results['optimum']['reward']:.3f}; its gradient differs from k2's by "
+      f"{g['k3_loss_vs_k2_loss']:.2f}",
+      k3["kl_to_optimum"] > 3 * k2["kl_to_optimum"] and g["k3_loss_vs_k2_loss"] > 0.1,
+    ),
+  ]
+
+
 def main(argv=None) -> dict:
   description = __doc__.splitlines()[0]
   return _cli.main(
@@ -275,6 +307,7 @@ def main(argv=None) -> dict:
     {"kl_to_optimum.png": plot},
     argv,
     seed=SEED,
+    claims=claims,
   )
 
 

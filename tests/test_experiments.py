@@ -168,7 +168,9 @@ def test_bayesian_logistic_regression_against_nuts(tmp_path):
 
 
 def test_kl_regularised_policy_estimators_and_placements(tmp_path):
-  results = _run_script("kl_regularised_policy", tmp_path)["results"]
+  payload = _run_script("kl_regularised_policy", tmp_path)
+  assert payload["claims"] and all(c["held"] for c in payload["claims"])
+  results = payload["results"]
   rows = {row["variant"]: row for row in results["rows"]}
   for row in rows.values():  # Unbiased variants reach π* ∝ π_ref exp(r/β); the others do not.
     if row["unbiased"]:
