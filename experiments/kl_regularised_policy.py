@@ -228,7 +228,8 @@ def format_table(results: dict) -> str:
   lines = [header, "|---|---|---|---|---|---|---|"]
   for row in results["rows"]:
     lines.append(
-      f"| {row['variant']} | {'off' if row['off_policy'] else 'on'}-policy | {row['gradient_of']} | "
+      f"| {row['variant']} | {'off' if row['off_policy'] else 'on'}-policy | "
+      f"{row['gradient_of']} | "
       f"{'unbiased' if row['unbiased'] else 'biased'} | {row['kl_to_optimum']:.2e} | "
       f"{row['reward']:.4f} | {row['kl_to_ref']:.4f} |"
     )

@@ -120,7 +120,8 @@ def kl_penalty(
   S the sampler (μ if `behaviour_log_probs` is given, else π_θ held constant) and w_t =
   exp(Σ_{u≤t, m_u} (log a_u − log S_u)) at level "sequence", exp(log a_t − log S_t) at "token":
 
-    value_t = stop_gradient(w_t k(f_t)),  surrogate_t = w_t k(f_t),  k1(f) = f, k3(f) = f + e^{−f} − 1,
+    value_t = stop_gradient(w_t k(f_t)),  surrogate_t = w_t k(f_t),
+    k1(f) = f,  k3(f) = f + e^{−f} − 1,
 
   and E_S[Σ_t m_t surrogate_t] = J(θ) identically in θ (J: the sequence KL(a ‖ b), or the
   per-position KL summed over the sampled prefixes; see the module docstring), so the expected

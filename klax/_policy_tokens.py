@@ -8,12 +8,12 @@ looked at: NaN there does not reach the result, and their gradients are 0.
 How a batch of per-token terms x_{i,t} (sequences i = 1..B, mask m_{i,t}, n_i = Σ_t m_{i,t})
 becomes one number, in the names verl gives them (`loss_agg_mode`) beside trl's `loss_type`:
 
-| `mode`                    | value                          | verl                      | trl          |
-|---------------------------|--------------------------------|---------------------------|--------------|
-| "token-mean"              | Σ_{i,t} m x / max(Σ_i n_i, 1)  | token-mean (default)      | bnpo; dapo¹  |
-| "seq-mean-token-sum"      | (1/B) Σ_i Σ_t m x              | seq-mean-token-sum        | —            |
-| "seq-mean-token-mean"     | (1/B) Σ_i Σ_t m x / max(n_i, 1)| seq-mean-token-mean       | grpo         |
-| "seq-mean-token-sum-norm" | Σ_{i,t} m x / (B · L)          | seq-mean-token-sum-norm²  | dr_grpo      |
+| `mode` (verl's name)       | value                           | verl          | trl         |
+|---------------------------|---------------------------------|---------------|-------------|
+| "token-mean"              | Σ_{i,t} m x / max(Σ_i n_i, 1)   | the default   | bnpo; dapo¹ |
+| "seq-mean-token-sum"      | (1/B) Σ_i Σ_t m x               | same name     | —           |
+| "seq-mean-token-mean"     | (1/B) Σ_i Σ_t m x / max(n_i, 1) | same name     | grpo        |
+| "seq-mean-token-sum-norm" | Σ_{i,t} m x / (B · L)           | same name²    | dr_grpo     |
 
 ¹ trl's dapo divides by the number of response tokens of the whole global batch (across devices
 and accumulation steps); within one batch it is token-mean. ² L is `max_length` (default T, the
