@@ -8,7 +8,7 @@ looked at: NaN there does not reach the result, and their gradients are 0.
 How a batch of per-token terms x_{i,t} (sequences i = 1..B, mask m_{i,t}, n_i = Σ_t m_{i,t})
 becomes one number, in the names verl gives them (`loss_agg_mode`) beside trl's `loss_type`:
 
-| `mode` (verl's name)       | value                           | verl          | trl         |
+| `mode` (verl's name)      | value                           | verl          | trl         |
 |---------------------------|---------------------------------|---------------|-------------|
 | "token-mean"              | Σ_{i,t} m x / max(Σ_i n_i, 1)   | the default   | bnpo; dapo¹ |
 | "seq-mean-token-sum"      | (1/B) Σ_i Σ_t m x               | same name     | —           |
