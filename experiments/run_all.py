@@ -34,6 +34,7 @@ EXPERIMENTS = (
   "alpha_interpolation",
   "bayesian_logistic_regression",
   "vae_digits",
+  "kl_regularised_policy",
 )
 
 
