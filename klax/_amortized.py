@@ -61,7 +61,12 @@ def _draws(loss, params, x, key, log_prior: bool) -> _variational.WeightedDraws:
   family = of_distribution(lambda p: loss.encoder.dist(p, x))
 
   def target(z):
-    value = loss.log_likelihood(params, x, z)
+    value = jnp.asarray(loss.log_likelihood(params, x, z))
+    if value.shape != ():
+      raise ValueError(
+        "`log_likelihood(params, x, z)` must return a scalar for one observation and one latent, "
+        f"got shape {value.shape}."
+      )
     return value + loss.prior.log_prob(z) if log_prior else value
 
   return _variational.draw(family, jax.vmap(target), params, key, loss.num_samples)
@@ -155,6 +160,11 @@ def _checked(
       f"{type(log_likelihood).__name__}."
     )
   _checks.distribution(prior, "prior")
+  if tuple(prior.batch_shape):
+    raise ValueError(
+      f"`prior` must have batch shape (), got {tuple(prior.batch_shape)}: p(z) is one "
+      "distribution over z, shared by every observation."
+    )
   array = _checks.float_array(data, "data")
   if array.ndim == 0 or array.shape[0] == 0:
     raise ValueError(f"`data` must hold at least one observation, got shape {array.shape}.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 from typing import NamedTuple
@@ -39,15 +40,27 @@ def cached(factory: Callable[..., Any]) -> Callable[..., Any]:
   """`factory` returning the same `Family` object for equal (hashable) arguments.
 
   A family is configuration: a fit keyed on it (through a loss) is compiled again for a new
-  object, so `normal()` called twice must give one object. Unhashable arguments (an array)
-  build a new family each time.
+  object, so `normal()` called twice must give one object. Arguments are bound to the signature
+  with its defaults first, so `diag_normal(2)`, `diag_normal(d=2)` and `normal()`,
+  `normal(loc_scale=1.0)` are one call each. Unhashable arguments (an array) build a new family
+  each time.
   """
-  cache = functools.cache(factory)
+  signature = inspect.signature(factory)
+  cache = functools.cache(
+    lambda key: factory(*(v for _, v in key[0]), **{k: v for k, _, v in key[1]})
+  )
 
   @functools.wraps(factory)
   def build(*args, **kwargs):
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    # Typed, so that `d=2.0` or `d=True` is checked by the factory, not served `d=2`'s family.
+    key = (
+      tuple((type(v), v) for v in bound.args),
+      tuple((k, type(v), v) for k, v in sorted(bound.kwargs.items())),
+    )
     try:
-      return cache(*args, **kwargs)
+      return cache(key)
     except TypeError as error:
       if "unhashable" not in str(error):
         raise

@@ -140,3 +140,28 @@ def test_bad_arguments_raise_naming_them():
     loss(_params(M, jnp.zeros(2)), KEY)
   auto = klax.amortized_elbo_loss(ENCODER, log_likelihood, student, DATA, 4)
   assert np.isfinite(auto(_params(M, jnp.zeros(2)), KEY))  # "auto" falls back to sampling.
+
+
+def test_prior_with_batch_shape_and_non_scalar_log_likelihood_raise_naming_them():
+  # A prior of batch shape (3,) broadcast the closed-form KL to [3] and averaged it silently.
+  encoder = klax.ConditionalFamily(
+    init=lambda key: {}, dist=lambda p, x: distrax.MultivariateNormalDiag(jnp.zeros(2))
+  )
+
+  def log_lik(p, x, z):
+    return -0.5 * jnp.sum((x - z) ** 2)
+
+  data = jnp.zeros((4, 2))
+  with pytest.raises(ValueError, match="`prior` must have batch shape"):
+    klax.amortized_elbo_loss(
+      encoder, log_lik, distrax.MultivariateNormalDiag(jnp.zeros((3, 2))), data, 2
+    )
+  prior = distrax.MultivariateNormalDiag(jnp.zeros(2))
+
+  def per_pixel(p, x, z):
+    return -0.5 * (x - z) ** 2  # forgot to sum over x's entries
+
+  for make in (klax.amortized_elbo_loss, klax.amortized_iwae_loss):
+    loss = make(encoder, per_pixel, prior, data, 2)
+    with pytest.raises(ValueError, match="`log_likelihood"):
+      jax.jit(loss)({}, jax.random.key(0))

@@ -142,3 +142,14 @@ def test_score_gradient_of_the_negative_elbo_is_the_leave_one_out_estimate_alone
   baseline = (f.sum() - f) / 7
   expected = np.mean((f - baseline) * (x - loc) / sigma**2)
   np.testing.assert_allclose(jax.grad(loss)(PARAMS, KEY)["loc"], expected, rtol=1e-4)
+
+
+def test_cached_families_bind_defaults_and_keep_argument_checks():
+  f = klax.families
+  assert f.diag_normal(2) is f.diag_normal(d=2) is f.diag_normal(2, loc_scale=1.0)
+  assert f.normal() is f.normal(loc_scale=1.0)
+  assert f.conditional_diag_normal(3, 2) is f.conditional_diag_normal(3, d=2, hidden_sizes=(64,))
+  f.diag_normal(2)
+  for bad in (2.0, True):  # equal to 2 / 1 as cache keys, but not positive Python ints
+    with pytest.raises(TypeError, match="`d`"):
+      f.diag_normal(bad)
