@@ -98,6 +98,12 @@ def scan(step_fn, state, num_steps: int, trace_every: int, progress):
   """
   blocks = num_steps // trace_every
   report_every = max(1, blocks // 100)
+  state, static = _fit_tree.split(state, "state", _fit_tree.is_param_array)  # The carry: arrays.
+  inner = step_fn
+
+  def step_fn(check, traced, index):
+    state, record = inner(check, _fit_tree.merge(traced, static), index)
+    return _fit_tree.split(state, "state", _fit_tree.is_param_array)[0], record
 
   def block(state, block_index):
     first = block_index * trace_every
@@ -113,7 +119,8 @@ def scan(step_fn, state, num_steps: int, trace_every: int, progress):
       )
     return state, record
 
-  return jax.lax.scan(block, state, jnp.arange(blocks))
+  state, records = jax.lax.scan(block, state, jnp.arange(blocks))
+  return _fit_tree.merge(state, static), records
 
 
 class _Until(NamedTuple):
@@ -135,7 +142,8 @@ def until(loss, optimizer, rule, num_steps, trace_every, draws, progress, params
   slots = num_steps // trace_every
   report_every = max(1, num_steps // 100)
 
-  def body(carry: _Until) -> _Until:
+  def body(traced) -> list:
+    carry = _fit_tree.merge(traced, static)
     before = carry.state
     step_key = jax.random.fold_in(key, before.step)
     new, info = _fit_step.step(loss, optimizer, before, step_key, reuse_line_search=True)
@@ -160,16 +168,21 @@ def until(loss, optimizer, rule, num_steps, trace_every, draws, progress, params
         lambda: jax.debug.callback(progress.report, state.step, info.loss),
         lambda: None,
       )
-    return _Until(
-      state=state,
-      value=info.loss,
-      variance=variance,
-      converged_at=jnp.where(met, before.step, carry.converged_at).astype(jnp.int32),
-      losses=carry.losses.at[slot].set(jnp.where(records, info.loss, carry.losses[slot])),
-      variances=variances,
-    )
+    return _fit_tree.split(
+      _Until(
+        state=state,
+        value=info.loss,
+        variance=variance,
+        converged_at=jnp.where(met, before.step, carry.converged_at).astype(jnp.int32),
+        losses=carry.losses.at[slot].set(jnp.where(records, info.loss, carry.losses[slot])),
+        variances=variances,
+      ),
+      "state",
+      _fit_tree.is_param_array,
+    )[0]
 
-  def running(carry: _Until) -> jax.Array:
+  def running(traced) -> jax.Array:
+    carry = _fit_tree.merge(traced, static)
     state = carry.state
     return (state.step < num_steps) & (carry.converged_at < 0) & (state.diverged_at < 0)
 
@@ -186,7 +199,8 @@ def until(loss, optimizer, rule, num_steps, trace_every, draws, progress, params
     losses=jnp.full(slots, jnp.nan, dtype),
     variances=None if variance is None else jnp.full(slots, jnp.nan, variance.dtype),
   )
-  end = jax.lax.while_loop(running, body, start)
+  start, static = _fit_tree.split(start, "state", _fit_tree.is_param_array)  # The carry: arrays.
+  end = _fit_tree.merge(jax.lax.while_loop(running, body, start), static)
   # From the step where the fit stopped on, every recording step would have recorded f(θₜ).
   held = (end.converged_at >= 0) & (jnp.arange(slots) >= end.converged_at // trace_every)
   losses = jnp.where(held, end.value, end.losses)
