@@ -165,8 +165,19 @@ def fit_init(params, optimizer) -> FitState:
 
   Returns:
     The `FitState` to pass to `fit_step`.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, klax
+    >>> state = klax.fit_init({"w": jnp.zeros(2), "activation": jnp.tanh}, optax.adam(0.1))
+    >>> int(state.step), int(state.diverged_at), state.params["activation"] is jnp.tanh
+    (0, -1, True)
   """
-  return init(params, checked_optimizer(optimizer))
+  state = init(params, checked_optimizer(optimizer))
+  # Strongly typed, as the state a step returns (and as `scan` promotes its carry), so that the
+  # second step finds the first step's compiled program.
+  return jax.tree.map(
+    lambda x: jnp.asarray(x, jnp.result_type(x)) if _fit_tree.is_param_array(x) else x, state
+  )
 
 
 _STEP_STATIC = ("loss_static", "optimizer", "state_static", "check_loss", "reuse_line_search")
