@@ -121,23 +121,6 @@ def chunk_jit(loss_traced, loss_static, params, params_static, optimizer, keys, 
   return sharded(loss_traced, params, keys)
 
 
-def batch_size(params_batch) -> int:
-  """B, the leading axis shared by every array of `params_batch`, checked."""
-  leaves = [x for x in jax.tree.leaves(params_batch) if _fit_tree.is_param_array(x)]
-  if not leaves:
-    raise ValueError("`params_batch` has no arrays.")
-  sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
-  if len(sizes) != 1 or None in sizes:
-    raise ValueError(
-      "Every array in `params_batch` must have the same leading (batch) axis, got leading "
-      f"sizes {sorted(str(s) for s in sizes)}."
-    )
-  size = sizes.pop()
-  if size == 0:
-    raise ValueError("`params_batch` has no members: its leading (batch) axis has size 0.")
-  return size
-
-
 def group_size_of(group_size, rule, per_device: int, platform: str) -> int:
   """Members per vmapped group on one device (see `fit_batch`'s `group_size`)."""
   if group_size is not None:
@@ -249,7 +232,7 @@ def fit_batch(
   """
   num_steps, trace_every = _fit_stopping.schedule(num_steps, trace_every)
   loss, optimizer = checked_loss(loss), checked_optimizer(optimizer)
-  size = batch_size(params_batch)
+  size = _fit_stopping.batch_size(params_batch)
   draws = _fit_stopping.variance_draws(gradient_variance_draws)
   rule = _fit_stopping.stopping_rule(tolerance, gradient_tolerance)
   if not isinstance(common_random_numbers, bool):

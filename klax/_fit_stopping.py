@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from klax import _checks
+from klax import _fit_tree
 from klax._fit_step import all_finite
 
 
@@ -68,3 +69,20 @@ def schedule(num_steps, trace_every) -> tuple[int, int]:
   if num_steps % trace_every:
     raise ValueError(f"`trace_every`={trace_every} must divide `num_steps`={num_steps}.")
   return num_steps, trace_every
+
+
+def batch_size(params_batch) -> int:
+  """B, the leading axis shared by every array of `params_batch`, checked."""
+  leaves = [x for x in jax.tree.leaves(params_batch) if _fit_tree.is_param_array(x)]
+  if not leaves:
+    raise ValueError("`params_batch` has no arrays.")
+  sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
+  if len(sizes) != 1 or None in sizes:
+    raise ValueError(
+      "Every array in `params_batch` must have the same leading (batch) axis, got leading "
+      f"sizes {sorted(str(s) for s in sizes)}."
+    )
+  size = sizes.pop()
+  if size == 0:
+    raise ValueError("`params_batch` has no members: its leading (batch) axis has size 0.")
+  return size
