@@ -28,7 +28,11 @@ from klax._discrete import kl_divergence_probs
 from klax._exponential_family import kl_divergence_exponential_family
 from klax._fit import FitResult
 from klax._fit import fit
-from klax._fit import fit_batch
+from klax._fit_batch import fit_batch
+from klax._fit_step import FitState
+from klax._fit_step import StepInfo
+from klax._fit_step import fit_init
+from klax._fit_step import fit_step
 from klax._gradients import gradient_variance
 from klax._grid import kl_divergence_grid
 from klax._knn import kl_divergence_knn
@@ -72,12 +76,14 @@ __all__ = (
   "Estimate",
   "Family",
   "FitResult",
+  "FitState",
   "ForwardKLLoss",
   "IWAELoss",
   "KLPenalty",
   "RenyiLoss",
   "ReverseKLDiagnostics",
   "ReverseKLLoss",
+  "StepInfo",
   "UnsupportedDistributionError",
   "WeightedDraws",
   "amortized_elbo_loss",
@@ -95,6 +101,8 @@ __all__ = (
   "families",
   "fit",
   "fit_batch",
+  "fit_init",
+  "fit_step",
   "forward_kl_loss",
   "gradient_variance",
   "iwae_loss",

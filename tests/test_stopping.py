@@ -216,13 +216,7 @@ def test_progress_bar_with_a_rule(capsys):
     ({"tolerance": -1.0}, ValueError, "`tolerance` must be a finite number >= 0"),
     ({"tolerance": float("nan")}, ValueError, "`tolerance` must be a finite number"),
     ({"gradient_tolerance": "small"}, TypeError, "`gradient_tolerance` must be a float"),
-    ({"group_size": 2}, ValueError, "`group_size` applies to fits with a stopping rule"),
     ({"group_size": 0, "tolerance": 1e-6}, ValueError, "`group_size` must be positive"),
-    (
-      {"tolerance": 1e-6, "gradient_variance_draws": 4},
-      ValueError,
-      "cannot be combined with a stopping rule",
-    ),
   ],
 )
 def test_bad_stopping_arguments(kwargs, error, match):
