@@ -16,6 +16,13 @@ settings.register_profile("dev", max_examples=40, deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
+def pytest_collection_modifyitems(config, items):
+  """Tests that start a fresh interpreter through `run_on_cpu_devices` are `slow`."""
+  for item in items:
+    if "run_on_cpu_devices" in getattr(item, "fixturenames", ()):
+      item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def run_on_cpu_devices():
   """`run(script, count, *args)`: runs `python -c script *args` with `count` host CPU devices

@@ -7,8 +7,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # Subprocesses: see CONTRIBUTING.md for the fast loop.
 
 
 def _run(script, out, *extra):
@@ -24,14 +27,18 @@ def _run(script, out, *extra):
   subprocess.run(command, check=True, env=env, capture_output=True, timeout=900)
 
 
-def test_fit_throughput_harness(tmp_path):
-  _run("fit_throughput.py", tmp_path)
-  payload = json.loads((tmp_path / "fit_throughput.json").read_text())
+def test_fit_throughput_harness_on_two_cpu_devices(tmp_path):
+  # One run (one interpreter, one compile of each fit) checks the harness and the sharded path.
+  _run("fit_throughput.py", tmp_path, "--cpu-devices", "2")
+  payload = json.loads((tmp_path / "fit_throughput_2cpu.json").read_text())
+  assert len(payload["devices"]) == 2
   methods = {row["method"] for row in payload["rows"]}
   assert {
     "klax.fit_batch reverse",
     "hand-written reverse",
     "TFP fit_surrogate reverse",
+    "klax.fit_batch lbfgs grid",
+    "klax.fit lbfgs grid (loop)",
     "scipy L-BFGS-B grid (loop)",
   } <= methods
   measured = [row for row in payload["rows"] if "skipped" not in row]
@@ -48,16 +55,15 @@ def test_fit_throughput_harness(tmp_path):
   assert payload["grid_optima"]["same_optimum"] == payload["grid_optima"]["batch"] == 2
 
 
-def test_fit_throughput_on_several_cpu_devices(tmp_path):
-  _run("fit_throughput.py", tmp_path, "--cases", "grid", "--cpu-devices", "2")
-  payload = json.loads((tmp_path / "fit_throughput_2cpu.json").read_text())
-  assert len(payload["devices"]) == 2
+def test_fit_throughput_cases_select_rows(tmp_path):
+  _run("fit_throughput.py", tmp_path, "--cases", "forward")
+  payload = json.loads((tmp_path / "fit_throughput.json").read_text())
+  assert len(payload["devices"]) == 1
   assert {row["method"] for row in payload["rows"]} == {
-    "klax.fit_batch lbfgs grid",
-    "klax.fit lbfgs grid (loop)",
-    "scipy L-BFGS-B grid (loop)",
+    "klax.fit_batch forward",
+    "hand-written forward",
   }
-  assert payload["grid_optima"]["same_optimum"] == 2
+  assert "grid_optima" not in payload and "optima_independent" not in payload
 
 
 def test_fit_batch_scale_harness(tmp_path):

@@ -14,6 +14,7 @@ DOCS = ROOT / "docs"
 PAGES_WITH_CODE = sorted((DOCS / "concepts").glob("*.md"))
 
 
+@pytest.mark.slow
 def test_site_builds_in_strict_mode(tmp_path):
   """`mkdocs build --strict`: a broken reference, link, snippet or docstring fails the build."""
   build = subprocess.run(
@@ -36,6 +37,7 @@ def test_site_builds_in_strict_mode(tmp_path):
     assert "unpkg.com" not in text and "cdn.jsdelivr" not in text, page
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=[p.stem for p in PAGES_WITH_CODE])
 def test_concept_page_examples_run(page):
   blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.DOTALL)

@@ -33,6 +33,7 @@ def test_results_file_gets_the_usual_permissions(tmp_path):
   assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_leaves_earlier_results_intact(tmp_path, signum):
   previous = {"experiment": "mode_seeking_phase", "results": "an earlier run's"}
@@ -73,6 +74,7 @@ def _experiment(args, cwd):
   )
 
 
+@pytest.mark.slow
 def test_a_run_repeats_from_its_results_json(tmp_path):
   first = _experiment(["--quick", "--out", str(tmp_path / "first")], tmp_path)
   assert first.returncode == 0, first.stderr

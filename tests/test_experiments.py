@@ -7,8 +7,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # Subprocesses: see CONTRIBUTING.md for the fast loop.
 
 
 def _run_script(name, out):

@@ -51,6 +51,7 @@ def test_committed_notebook_is_reviewable_and_opens_on_colab(name):
   assert len(parameters) == 1 and re.search(r"^QUICK = True", parameters[0].source, re.M)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_top_to_bottom(name):
   notebook = _read(name)

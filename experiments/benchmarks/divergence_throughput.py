@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import queue as queue_module
 import sys
 import time
 from pathlib import Path
@@ -91,45 +92,68 @@ def _mvn_method(name: str):
   return jax.jit(methods[name])
 
 
-def _mvn_case(name: str, batch: int, d: int, queue) -> None:
-  """One (method, d) measurement, run in a child process; puts (seconds, first values)."""
-  inputs = _mvn_inputs(batch, d)
-  fn = _mvn_method(name)
-  seconds = _best_time(fn, *inputs)
-  queue.put((seconds, np.asarray(fn(*inputs))[:4].tolist()))
+MVN_METHODS = ("klax.kl_divergence", "distrax", "TFP", "hand-written jnp")
 
 
-def mvn_rows(cases, timeout_s: float) -> list[dict]:
-  rows = []
+def _mvn_cases(jobs, queue) -> None:
+  """(method, batch, d) measurements run one after another in a child process; puts (index,
+  seconds, first values) after each."""
+  for index, (name, batch, d) in enumerate(jobs):
+    inputs = _mvn_inputs(batch, d)
+    fn = _mvn_method(name)
+    seconds = _best_time(fn, *inputs)
+    queue.put((index, seconds, np.asarray(fn(*inputs))[:4].tolist()))
+
+
+def mvn_rows(cases, timeout_s: float, one_process: bool = False) -> list[dict]:
+  """One row per (method, d): each measured in its own child process, or (`one_process`, for
+  --quick) all in one child, with a timeout of `timeout_s` per measurement."""
+  jobs = [(name, batch, d) for d, batch in cases for name in MVN_METHODS]
+  groups = [jobs] if one_process else [[job] for job in jobs]
   context = multiprocessing.get_context("spawn")
   print("multivariate normal KL (batch of pairs, float32):")
-  for d, batch in cases:
-    for name in ("klax.kl_divergence", "distrax", "TFP", "hand-written jnp"):
-      queue = context.Queue()
-      process = context.Process(target=_mvn_case, args=(name, batch, d, queue))
-      process.start()
-      process.join(timeout_s)
+  rows = []
+  for group in groups:
+    queue = context.Queue()
+    process = context.Process(target=_mvn_cases, args=(group, queue))
+    process.start()
+    results, deadline = {}, time.monotonic() + timeout_s
+    # A result per measurement, each within `timeout_s`; otherwise the child hung or died.
+    while len(results) < len(group) and time.monotonic() < deadline:
+      try:
+        index, seconds, first = queue.get(timeout=0.2)
+      except queue_module.Empty:
+        if not process.is_alive() and queue.empty():
+          break
+        continue
+      results[index], deadline = (seconds, first), time.monotonic() + timeout_s
+    process.join(max(deadline - time.monotonic(), 0.0))
+    hung = process.is_alive()
+    if hung:
+      process.kill()
+      process.join()
+    for index, (name, batch, d) in enumerate(group):
       row = {"case": "mvn", "method": name, "d": d, "batch": batch}
-      if process.is_alive():
-        process.kill()
-        row["hung"] = f"no result in {timeout_s:.0f} s (jaxlib CPU LAPACK deadlock)"
-        print(f"  d={d:<3} {name:<20} hung (killed after {timeout_s:.0f} s)")
-      elif queue.empty():
-        row["failed"] = f"exit code {process.exitcode}"
-        print(f"  d={d:<3} {name:<20} failed (exit code {process.exitcode})")
-      else:
-        seconds, first = queue.get()
+      if index in results:
+        seconds, first = results[index]
         row |= {"seconds": seconds, "pairs_per_s": batch / seconds, "first_values": first}
         print(
           f"  d={d:<3} {name:<20} B={batch:<7} {seconds * 1e3:9.2f} ms  {batch / seconds:12.0f} pairs/s"
         )
+      elif hung:
+        row["hung"] = f"no result in {timeout_s:.0f} s (jaxlib CPU LAPACK deadlock)"
+        print(f"  d={d:<3} {name:<20} hung (killed after {timeout_s:.0f} s)")
+      else:
+        row["failed"] = f"exit code {process.exitcode}"
+        print(f"  d={d:<3} {name:<20} failed (exit code {process.exitcode})")
       rows.append(row)
   return rows
 
 
-def memory_bandwidth() -> float:
-  """GB/s of a jitted sum over a 1 GiB float32 array (a read-bandwidth estimate)."""
-  array = jnp.ones((1 << 28,), jnp.float32)
+def memory_bandwidth(log2_size: int = 28) -> float:
+  """GB/s of a jitted sum over a float32 array of 2**log2_size elements (1 GiB by default; a
+  read-bandwidth estimate)."""
+  array = jnp.ones((1 << log2_size,), jnp.float32)
   seconds = _best_time(jax.jit(jnp.sum), array)
   return array.nbytes / seconds / 1e9
 
@@ -270,8 +294,9 @@ def main(argv=None) -> dict:
   else:
     mvn_cases = [(2, 100_000), (16, 10_000), (64, 1_000)]
     logits_batches, knn_sizes = [64, 256, 1_024, 4_096], [1_000, 10_000, 100_000]
-  rows = mvn_rows(mvn_cases, args.timeout) if "mvn" in cases else []
-  bandwidth = memory_bandwidth()
+  # --quick: every MVN measurement in one child process, and a 16 MiB bandwidth array.
+  rows = mvn_rows(mvn_cases, args.timeout, one_process=args.quick) if "mvn" in cases else []
+  bandwidth = memory_bandwidth(22 if args.quick else 28)
   if "logits" in cases:
     rows += logits_rows(logits_batches, bandwidth)
   if "knn" in cases:
