@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from experiments import _cli
+from experiments import _folder
+from experiments import _io
 
-from experiments import _cli  # noqa: E402
-from experiments import _folder  # noqa: E402
-from experiments import _io  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 OPERATIONS = (
   "_write_all",

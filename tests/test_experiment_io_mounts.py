@@ -6,14 +6,9 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from test_experiment_io import Fake
 from test_experiment_io import _deterministic  # noqa: F401  (the autouse fixture)
 from test_experiment_io import snapshot

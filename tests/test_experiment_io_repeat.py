@@ -3,7 +3,6 @@ the file and what is wrong, before anything runs."""
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,15 +10,12 @@ from hypothesis import HealthCheck
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
+from test_experiment_io import Fake
+from test_experiment_io import _deterministic  # noqa: F401  (the autouse fixture)
+
+from experiments import _repeat
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from test_experiment_io import Fake  # noqa: E402
-from test_experiment_io import _deterministic  # noqa: E402, F401  (the autouse fixture)
-
-from experiments import _repeat  # noqa: E402
 
 LEAVES = st.one_of(
   st.none(),

@@ -5,12 +5,8 @@ import fcntl
 import os
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import _folder
 from experiments import run_all

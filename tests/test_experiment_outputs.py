@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from experiments import _io
 
-from experiments import _io  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):

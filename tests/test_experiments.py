@@ -186,3 +186,12 @@ def test_kl_regularised_policy_estimators_and_placements(tmp_path):
   assert g["k1_reward_token_vs_k2_loss"] < 1e-5
   assert g["k1_reward_returns_vs_kl_penalty_sequence"] < 1e-5
   assert g["k3_loss_vs_k2_loss"] > 0.1
+
+
+def test_importing_forward_vs_reverse_leaves_float32_alone():
+  import jax
+
+  from experiments import forward_vs_reverse
+
+  assert not jax.config.jax_enable_x64  # A notebook kernel that imports it stays float32.
+  assert forward_vs_reverse.log_p(jax.numpy.float32(0.0)).dtype == jax.numpy.float32
