@@ -7,8 +7,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # A subprocess: see CONTRIBUTING.md for the fast loop.
 
 
 def test_vae_digits_klax_matches_a_hand_written_vae_and_iwae_training_helps(tmp_path):
