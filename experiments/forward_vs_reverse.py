@@ -306,17 +306,18 @@ def claims(results: dict) -> list[Claim]:
 def main(argv=None) -> dict:
   figures = {"densities.png": plot, "basins.png": plot_basins}
   description = __doc__.splitlines()[0]
-  return _cli.main(
-    "forward_vs_reverse",
-    description,
-    Config,
-    run,
-    format_table,
-    figures,
-    argv,
-    seed=SEED,
-    claims=claims,
-  )
+  with jax.enable_x64(True):  # The whole command in float64, so results.json records x64: true.
+    return _cli.main(
+      "forward_vs_reverse",
+      description,
+      Config,
+      run,
+      format_table,
+      figures,
+      argv,
+      seed=SEED,
+      claims=claims,
+    )
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ def test_forward_vs_reverse_reproduces_seed_001(tmp_path):
   assert (tmp_path / "basins.png").stat().st_size > 10_000
   assert payload["versions"]["jax"] and payload["config"]["lbfgs_steps"] > 0
   assert payload["key_seed"] == 20261122 and payload["devices"] and payload["wall_time_s"] > 0
+  assert payload["x64"]  # The command runs in float64, as the seed's scipy computation does.
 
 
 def test_mle_is_forward_kl_rates_and_identity(tmp_path):
