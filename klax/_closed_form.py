@@ -100,7 +100,7 @@ def entropy(p) -> jax.Array:
   H(p) = −E_{x ~ p}[log p(x)], in nats, with the batch shape of `p`.
 
   The library's entropy, but for Gamma, Beta, Dirichlet, Bernoulli and Categorical, which use
-  klax's forms (`klax._entropy`): accurate for shapes from 1e-3 to 1e4 and for logits of any
+  klax's own forms: accurate for shapes from 1e-3 to 1e4 and for logits of any
   size, and NaN for invalid parameters.
 
   Args:
