@@ -5,7 +5,8 @@ References are not klax: textbook entropies and cross-entropies −E_p[log q] in
 digits (each written directly, not as H(p) + KL(p ‖ q)), and the textbook KL of
 `test_differential_closed_form` for the Bregman form. Strategies: shapes 1e-3 to 1e4 in every
 mix, logits to ±20 (±inf for Categorical), scales 10^±30 for location-scale families. Checked:
-value, dtype, shape (a (2, 3) batch), finite gradients where the value is finite, NaN for NaN and
+value, dtype, shape (a (2, 3) batch; broadcast p and q), finite gradients where the value is
+finite (entropy and the Bregman form), NaN for NaN and
 invalid parameters, float16/bfloat16 to their precision. Each row is one jitted function.
 
 Tolerance in float32: 1e-5 relative plus 32 ε · floor absolute, floor 1 (entropies are sums of
@@ -333,14 +334,11 @@ def test_low_precision_entropy_keeps_the_dtype_and_its_precision(dtype):
 def compiled_cross(name):
   _, pairs, _, make = CROSS[name]
 
-  def evaluate(tp, tq):
+  def evaluate(tp, tq):  # Gradients: H(p)'s rows above, KL's in test_differential_closed_form.
     values = jnp.stack([klax.cross_entropy(make(a, tp), make(b, tq)) for a, b in pairs])
     a, b = pairs[0]
-    grads = jax.grad(
-      lambda tp, tq: jnp.sum(_finite(klax.cross_entropy(make(a, tp), make(b, tq)))), (0, 1)
-    )(tp, tq)
     broadcast = klax.cross_entropy(make(a, tp[:2, None]), make(b, tq[:3]))
-    return values, grads, broadcast
+    return values, broadcast
 
   return jax.jit(evaluate)
 
@@ -349,14 +347,11 @@ def compiled_cross(name):
 def test_cross_entropy_matches_mpmath(name):
   strategy, _, reference, _ = CROSS[name]
 
-  @settings(max_examples=6)
+  @settings(max_examples=5)
   @given(strategy, strategy)
   def check(tp, tq):
-    values, grads, broadcast = jax.device_get(compiled_cross(name)(tp, tq))
+    values, broadcast = jax.device_get(compiled_cross(name)(tp, tq))
     assert values.dtype == np.float32 and broadcast.shape == (2, 3)
-    finite = np.isfinite(values[0])
-    for side in grads:
-      assert np.all(np.isfinite(side[finite])), (name, side)
     checks = [(v, tp[i], tq[i]) for row in values for i, v in enumerate(row)]
     checks += [(broadcast[i, j], tp[i], tq[j]) for i in range(2) for j in range(3)]
     for got, theta_p, theta_q in checks:
