@@ -36,6 +36,10 @@ from klax._fit_step import fit_step
 from klax._gradients import gradient_variance
 from klax._grid import kl_divergence_grid
 from klax._knn import kl_divergence_knn
+from klax._linear import cross_entropy_linear
+from klax._linear import entropy_linear
+from klax._linear import jensen_shannon_linear
+from klax._linear import kl_divergence_linear
 from klax._losses import ForwardKLLoss
 from klax._losses import IWAELoss
 from klax._losses import RenyiLoss
@@ -90,11 +94,13 @@ __all__ = (
   "amortized_iwae_loss",
   "basin_report",
   "cross_entropy",
+  "cross_entropy_linear",
   "cross_entropy_logits",
   "cross_entropy_mc",
   "cross_entropy_probs",
   "elbo",
   "entropy",
+  "entropy_linear",
   "entropy_logits",
   "entropy_mc",
   "entropy_probs",
@@ -106,10 +112,12 @@ __all__ = (
   "forward_kl_loss",
   "gradient_variance",
   "iwae_loss",
+  "jensen_shannon_linear",
   "kl_divergence",
   "kl_divergence_exponential_family",
   "kl_divergence_grid",
   "kl_divergence_knn",
+  "kl_divergence_linear",
   "kl_divergence_logits",
   "kl_divergence_mc",
   "kl_divergence_mixture_lower_bound",
