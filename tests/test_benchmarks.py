@@ -101,3 +101,19 @@ def test_latency_harness(tmp_path):
   payload = json.loads((tmp_path / "latency.json").read_text())
   assert payload["import_s"] > 0 and payload["first_result_s"] > 0
   assert abs(payload["first_kl"] - 0.31247) < 1e-4  # Seed 001's forward KL on its grid.
+
+
+def test_linear_kl_harness(tmp_path):
+  _run("linear_kl.py", tmp_path)
+  rows = json.loads((tmp_path / "linear_kl.json").read_text())["rows"]
+  assert {(r["method"], r["mode"]) for r in rows} == {
+    (m, mode)
+    for m in ("klax.kl_divergence_linear", "dense kl_divergence_logits", "hand-written chunked loop")
+    for mode in ("value", "value+grad")
+  }
+  assert all(r["seconds"] > 0 and r["temp_gib"] >= 0 for r in rows)
+  # The three ways compute the same KLs.
+  for mode in ("value", "value+grad"):
+    first = [r["first_values"] for r in rows if r["mode"] == mode]
+    for other in first[1:]:
+      np.testing.assert_allclose(other, first[0], rtol=1e-4)
