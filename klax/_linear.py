@@ -23,6 +23,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from klax import _checks
 from klax import _linear_chunks as chunks
@@ -105,15 +106,15 @@ def _call(kind, beta, arrays, biases, where, token_mask, temperature, token_chun
 
 
 def kl_divergence_linear(
-  p_hidden,
-  p_weight,
-  q_hidden,
-  q_weight,
+  p_hidden: ArrayLike,
+  p_weight: ArrayLike,
+  q_hidden: ArrayLike,
+  q_weight: ArrayLike,
   *,
-  p_bias=None,
-  q_bias=None,
-  where=None,
-  token_mask=None,
+  p_bias: ArrayLike | None = None,
+  q_bias: ArrayLike | None = None,
+  where: ArrayLike | None = None,
+  token_mask: ArrayLike | None = None,
   temperature: float = 1.0,
   token_chunk: int = TOKEN_CHUNK,
   vocab_chunk: int = VOCAB_CHUNK,
@@ -152,15 +153,15 @@ def kl_divergence_linear(
 
 
 def cross_entropy_linear(
-  p_hidden,
-  p_weight,
-  q_hidden,
-  q_weight,
+  p_hidden: ArrayLike,
+  p_weight: ArrayLike,
+  q_hidden: ArrayLike,
+  q_weight: ArrayLike,
   *,
-  p_bias=None,
-  q_bias=None,
-  where=None,
-  token_mask=None,
+  p_bias: ArrayLike | None = None,
+  q_bias: ArrayLike | None = None,
+  where: ArrayLike | None = None,
+  token_mask: ArrayLike | None = None,
   temperature: float = 1.0,
   token_chunk: int = TOKEN_CHUNK,
   vocab_chunk: int = VOCAB_CHUNK,
@@ -178,12 +179,12 @@ def cross_entropy_linear(
 
 
 def entropy_linear(
-  hidden,
-  weight,
+  hidden: ArrayLike,
+  weight: ArrayLike,
   *,
-  bias=None,
-  where=None,
-  token_mask=None,
+  bias: ArrayLike | None = None,
+  where: ArrayLike | None = None,
+  token_mask: ArrayLike | None = None,
   temperature: float = 1.0,
   token_chunk: int = TOKEN_CHUNK,
   vocab_chunk: int = VOCAB_CHUNK,
@@ -207,16 +208,16 @@ def entropy_linear(
 
 
 def jensen_shannon_linear(
-  p_hidden,
-  p_weight,
-  q_hidden,
-  q_weight,
+  p_hidden: ArrayLike,
+  p_weight: ArrayLike,
+  q_hidden: ArrayLike,
+  q_weight: ArrayLike,
   *,
   beta: float = 0.5,
-  p_bias=None,
-  q_bias=None,
-  where=None,
-  token_mask=None,
+  p_bias: ArrayLike | None = None,
+  q_bias: ArrayLike | None = None,
+  where: ArrayLike | None = None,
+  token_mask: ArrayLike | None = None,
   temperature: float = 1.0,
   token_chunk: int = TOKEN_CHUNK,
   vocab_chunk: int = VOCAB_CHUNK,

@@ -108,7 +108,11 @@ def test_linear_kl_harness(tmp_path):
   rows = json.loads((tmp_path / "linear_kl.json").read_text())["rows"]
   assert {(r["method"], r["mode"]) for r in rows} == {
     (m, mode)
-    for m in ("klax.kl_divergence_linear", "dense kl_divergence_logits", "hand-written chunked loop")
+    for m in (
+      "klax.kl_divergence_linear",
+      "dense kl_divergence_logits",
+      "hand-written chunked loop",
+    )
     for mode in ("value", "value+grad")
   }
   assert all(r["seconds"] > 0 and r["temp_gib"] >= 0 for r in rows)
