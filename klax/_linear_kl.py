@@ -16,7 +16,8 @@ hi + lo (TwoSum), c = hi at p's most likely outcome and t = (hi − c) + lo − 
 
 The gradients, from log p − log q − KL = t: ∂KL/∂a = p t and ∂KL/∂b = q − p = p expm1(−t − KL)
 (the latter where |t + KL| < 1/2, else q − p directly), chunk by chunk again, so that they too
-are exact when p ≈ q.
+are exact when p ≈ q; the backward pass first recomputes E_p[(hi − c) + lo] of the very t it
+uses (one more pass over the vocabulary), so that E_p[t] = 0 to rounding.
 """
 
 from __future__ import annotations
@@ -177,6 +178,17 @@ def _backward(config, residuals, g):
     part[0] = jnp.where(fresh, part[0], 0.0)
     p_hidden = chunks.rows(p.hidden, start, config)
     q_hidden = chunks.rows(q.hidden, start, config)
+
+    def mean_body(v_start, v_fresh, sums):  # E_p[(hi − c) + lo] of the same t as below.
+      a = chunks.logits(p_hidden, p, v_start, v_fresh, config)
+      b = chunks.logits(q_hidden, q, v_start, v_fresh, config)
+      prob = jnp.exp(jnp.where(jnp.isfinite(a), a - part[2][:, None], -jnp.inf))
+      t0 = _two_sum_t(a, b, part[4], jnp.zeros_like(part[4]))
+      return sums[0] + jnp.sum(prob * t0, axis=-1), sums[1] + jnp.sum(prob, axis=-1)
+
+    zeros = jnp.zeros_like(part[0])
+    total, mass = chunks.over_vocab(vocab, config, mean_body, (zeros, zeros))
+    part[5] = jnp.where(mass > 0, total / jnp.where(mass > 0, mass, 1.0), part[5])
 
     def vocab_body(v_start, v_fresh, carry):
       d_hidden, grads = carry
