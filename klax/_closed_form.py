@@ -15,6 +15,7 @@ from tensorflow_probability.substrates import jax as tfp
 
 from klax import _checks
 from klax import _entropy
+from klax import _pairs_registrations  # noqa: F401 (registers cross-family pairs)
 from klax import _registrations
 
 tfd = tfp.distributions
