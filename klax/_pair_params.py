@@ -115,9 +115,9 @@ def binomial(d) -> tuple[jax.Array, jax.Array]:
   return jnp.where(valid, count, 1.0), valid
 
 
-def valid(d) -> jax.Array:
-  """True where `d`'s parameters are in their domain, for any family read here."""
-  for types, read in (
+def read(d) -> tuple[jax.Array, ...]:
+  """The reader's output (parameters..., valid) for any family read here."""
+  for types, reader in (
     (NORMAL + GUMBEL + LAPLACE, location_scale),
     (GAMMA, gamma),
     (BETA, beta),
@@ -128,5 +128,5 @@ def valid(d) -> jax.Array:
     (BINOMIAL, binomial),
   ):
     if isinstance(d, types):
-      return read(d)[-1]
+      return reader(d)
   raise TypeError(f"no parameter reader for {type(d).__name__}")

@@ -71,6 +71,18 @@ def _normal_cross(mean, var_over_scale2, loc, scale):
   return jnp.log(scale) + _HALF_LOG_2PI + 0.5 * (var_over_scale2 + z * z)
 
 
+@jax.custom_jvp
+def _xlogx(x):
+  """x log x for x ≥ 0 (0 at 0), with derivative log x + 1 (−inf at 0, not NaN)."""
+  return special.xlogy(x, x)
+
+
+@_xlogx.defjvp
+def _xlogx_jvp(primals, tangents):
+  (x,), (dx,) = primals, tangents
+  return _xlogx(x), (jnp.log(x) + 1) * dx
+
+
 def _mean_log_uniform(low, high):
   """E log X for X ~ Uniform(low, high), 0 ≤ low < high, without cancellation as low → high."""
   t = (high - low) / high
@@ -79,9 +91,7 @@ def _mean_log_uniform(low, high):
   series = jnp.log(high) - xlog1p_remainder(-t_near, 1 - t_near) / t_near
   low_far = jnp.where(near, 0.0, low)
   high_far = jnp.where(near, 1.0, high)
-  direct = (special.xlogy(high_far, high_far) - special.xlogy(low_far, low_far)) / (
-    high_far - low_far
-  ) - 1
+  direct = (_xlogx(high_far) - _xlogx(low_far)) / (high_far - low_far) - 1
   return jnp.where(near, series, direct)
 
 

@@ -27,21 +27,16 @@ INFINITE = (
 )
 
 
-def _dtype(p, q):
-  leaves = [
-    x for x in jax.tree_util.tree_leaves((p.parameters, q.parameters)) if hasattr(x, "dtype")
-  ]
-  floats = [x.dtype for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]
-  return jnp.result_type(*floats) if floats else jnp.result_type(float)
-
-
 def kl_infinite(p, q, name=None) -> jax.Array:
   """+inf, NaN where p's or q's parameters are invalid, shape broadcast(p's, q's batch shapes)."""
   del name
-  valid = params.valid(p) & params.valid(q)
+  *theta_p, valid_p = params.read(p)
+  *theta_q, valid_q = params.read(q)
+  dtype = jnp.result_type(*theta_p, *theta_q)
+  valid = valid_p & valid_q
   shape = jnp.broadcast_shapes(tuple(p.batch_shape), tuple(q.batch_shape), jnp.shape(valid))
   valid = jnp.broadcast_to(valid, shape)
-  return jnp.where(valid, jnp.asarray(jnp.inf, _dtype(p, q)), jnp.asarray(jnp.nan, _dtype(p, q)))
+  return jnp.where(valid, jnp.asarray(jnp.inf, dtype), jnp.asarray(jnp.nan, dtype))
 
 
 def kl_beta_uniform(p, q, name=None) -> jax.Array:
