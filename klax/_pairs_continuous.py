@@ -73,7 +73,7 @@ def _normal_cross(mean, var_over_scale2, loc, scale):
 
 @jax.custom_jvp
 def _xlogx(x):
-  """x log x for x ≥ 0 (0 at 0), with derivative log x + 1 (−inf at 0, not NaN)."""
+  """The product x log x for x ≥ 0 (0 at 0), with derivative log x + 1 (−inf at 0, not NaN)."""
   return special.xlogy(x, x)
 
 
