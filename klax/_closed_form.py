@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import distrax
 import jax
 import jax.numpy as jnp
 from tensorflow_probability.substrates import jax as tfp
@@ -19,6 +20,14 @@ from klax import _pairs_registrations  # noqa: F401 (registers cross-family pair
 from klax import _registrations
 
 tfd = tfp.distributions
+_NORMALS = (
+  distrax.Normal,
+  distrax.MultivariateNormalDiag,
+  distrax.MultivariateNormalTri,
+  distrax.MultivariateNormalFullCovariance,
+  tfd.Normal,
+  tfd.MultivariateNormalLinearOperator,
+)
 
 
 class UnsupportedDistributionError(TypeError):
@@ -49,6 +58,22 @@ def _with_shape(value, shape: tuple[int, ...]) -> jax.Array:
   return value
 
 
+_MIXTURES = (distrax.MixtureSameFamily, distrax.MixtureOfTwo, tfd.MixtureSameFamily, tfd.Mixture)
+
+
+def _estimator(p, q) -> str:
+  """The estimator that applies to a pair with no closed form, as a sentence."""
+  mixtures = [d for d in (p, q) if isinstance(d, _MIXTURES)]
+  if mixtures and all(
+    isinstance(getattr(d, "components_distribution", d), _NORMALS) for d in mixtures
+  ):
+    return (
+      "For Gaussian mixtures use the `klax.kl_divergence_mixture_*` approximations and bounds "
+      "(no sampling), or `klax.kl_divergence_mc(p, q, key, num_samples)`."
+    )
+  return "Estimate it with `klax.kl_divergence_mc(p, q, key, num_samples)` (samples of p)."
+
+
 def kl_divergence(p, q) -> jax.Array:
   """Closed-form KL divergence between two distributions.
 
@@ -69,9 +94,9 @@ def kl_divergence(p, q) -> jax.Array:
     An array of shape `broadcast(p.batch_shape, q.batch_shape)`.
 
   Raises:
-    UnsupportedDistributionError: no closed form for `(type(p), type(q))`. Use
-      `klax.kl_divergence_mc` (or, for Gaussian mixtures, the `klax.kl_divergence_mixture_*`
-      approximations and bounds).
+    UnsupportedDistributionError: no closed form for `(type(p), type(q))`. Its message names
+      the estimator for the pair: the `klax.kl_divergence_mixture_*` approximations and bounds
+      for Gaussian mixtures, `klax.kl_divergence_mc` otherwise.
 
   Examples:
     >>> import distrax, klax
@@ -90,8 +115,7 @@ def kl_divergence(p, q) -> jax.Array:
   except NotImplementedError as error:
     raise UnsupportedDistributionError(
       f"No closed-form KL divergence for p: {_type_name(p)} and q: {_type_name(q)}. "
-      "Estimate it with `klax.kl_divergence_mc(p, q, key, num_samples)`; for Gaussian "
-      "mixtures see the `klax.kl_divergence_mixture_*` approximations and bounds."
+      + _estimator(p, q)
     ) from error
 
 

@@ -235,3 +235,14 @@ def test_finite_pairs_gradients_finite():
     )
 
   assert np.isfinite(jax.jit(jax.grad(total))(jnp.float32(0.3)))
+
+
+def test_unsupported_pair_names_the_estimator_for_the_pair():
+  with pytest.raises(klax.UnsupportedDistributionError) as error:
+    klax.kl_divergence(tfd.StudentT(3.0, 0.0, 1.0), tfd.Gamma(2.0, 1.0))
+  assert "kl_divergence_mc" in str(error.value) and "mixture" not in str(error.value)
+  mixture = tfd.MixtureSameFamily(
+    tfd.Categorical(logits=jnp.zeros(2)), tfd.Normal(jnp.zeros(2), 1.0)
+  )
+  with pytest.raises(klax.UnsupportedDistributionError, match="kl_divergence_mixture_"):
+    klax.kl_divergence(mixture, tfd.Normal(0.0, 1.0))
