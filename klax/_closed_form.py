@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from tensorflow_probability.substrates import jax as tfp
 
 from klax import _checks
+from klax import _entropies
 from klax import _entropy
 from klax import _pairs_registrations  # noqa: F401 (registers cross-family pairs)
 from klax import _registrations
@@ -135,8 +136,8 @@ def entropy(p) -> jax.Array:
     H(p) in nats, shape `p.batch_shape`.
 
   Raises:
-    UnsupportedDistributionError: `p` has no closed-form entropy (e.g. Poisson, Binomial, a
-      mixture). Use `klax.entropy_mc`.
+    UnsupportedDistributionError: `p` has no closed-form entropy (e.g. Binomial, a mixture).
+      Pareto and Poisson (an exact sum) are klax's own. Use `klax.entropy_mc`.
 
   Examples:
     >>> import distrax, klax
@@ -147,6 +148,9 @@ def entropy(p) -> jax.Array:
   override = _entropy.override(p)
   if override is not None:
     return _with_shape(override(p), tuple(p.batch_shape))
+  rule = _entropies.entropy_rule(p)
+  if rule is not None:
+    return _with_shape(rule(p), tuple(p.batch_shape))
   try:
     return _with_shape(p.entropy(), tuple(p.batch_shape))
   except NotImplementedError as error:

@@ -145,7 +145,7 @@ CASES = [
   (
     "entropy",
     "distribution with no closed-form entropy",
-    lambda: klax.entropy(tfd.Poisson(rate=1.0)),
+    lambda: klax.entropy(tfd.Binomial(3.0, probs=0.5)),
     klax.UnsupportedDistributionError,
     "entropy_mc",
     "error",

@@ -246,3 +246,19 @@ def test_unsupported_pair_names_the_estimator_for_the_pair():
   )
   with pytest.raises(klax.UnsupportedDistributionError, match="kl_divergence_mixture_"):
     klax.kl_divergence(mixture, tfd.Normal(0.0, 1.0))
+
+
+def test_poisson_and_pareto_entropy_against_exact_sums_and_scipy():
+  rate = np.array([1e-3, 0.7, 3.0, 25.0, 399.0, 401.0, 5e3, 1e6])
+  pareto = (np.array([0.5, 2.0, 30.0]), np.array([0.1, 1.0, 7.0]))
+  run = jax.jit(lambda r, a, s: (klax.entropy(tfd.Poisson(r)), klax.entropy(tfd.Pareto(a, s))))
+  got_poisson, got_pareto = run(jnp.float32(rate), jnp.float32(pareto[0]), jnp.float32(pareto[1]))
+  expected = []
+  for lam in rate:  # Exact sums in float64 over ±(20√λ + 30) around λ (all the mass).
+    k = np.arange(max(0, int(lam - 20 * np.sqrt(lam) - 30)), int(lam + 20 * np.sqrt(lam) + 30))
+    log_p = st.poisson(lam).logpmf(k)
+    expected.append(-np.sum(np.exp(log_p) * log_p))
+  np.testing.assert_allclose(got_poisson, expected, rtol=3e-6)
+  expected_pareto = st.pareto(pareto[0], scale=pareto[1]).entropy()
+  np.testing.assert_allclose(got_pareto, expected_pareto, rtol=3e-6, atol=1e-6)
+  assert np.isnan(klax.entropy(tfd.Poisson(-1.0)))
