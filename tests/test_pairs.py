@@ -262,3 +262,54 @@ def test_poisson_and_pareto_entropy_against_exact_sums_and_scipy():
   expected_pareto = st.pareto(pareto[0], scale=pareto[1]).entropy()
   np.testing.assert_allclose(got_pareto, expected_pareto, rtol=3e-6, atol=1e-6)
   assert np.isnan(klax.entropy(tfd.Poisson(-1.0)))
+
+
+def _torch_pareto(
+  scale, alpha
+):  # torch's Pareto(scale, alpha); TFP's Pareto(concentration, scale).
+  return tfd.Pareto(alpha, scale)
+
+
+# torch TestKL.infinite_examples for the cross-family pairs klax registers (TFP types; torch's
+# Gamma(concentration, rate), Uniform(low, high), Gumbel/Laplace/Normal(loc, scale) as TFP's).
+TORCH_INFINITE = [
+  (lambda: tfd.Beta(1.0, 2.0), lambda: tfd.Uniform(0.25, 1.0)),
+  (lambda: tfd.Beta(1.0, 2.0), lambda: tfd.Uniform(0.0, 0.75)),
+  (lambda: tfd.Beta(1.0, 2.0), lambda: tfd.Uniform(0.25, 0.75)),
+  (lambda: tfd.Beta(1.0, 2.0), lambda: _torch_pareto(1.0, 2.0)),
+  *[
+    (p, q)
+    for p in (lambda: tfd.Chi2(1.0), lambda: tfd.Exponential(1.0), lambda: tfd.Gamma(1.0, 2.0))
+    for q in (lambda: tfd.Beta(2.0, 3.0), lambda: _torch_pareto(2.0, 3.0), lambda: tfd.Uniform(-2.0, 3.0))
+  ],
+  *[
+    (p, q)
+    for p in (lambda: tfd.Gumbel(-1.0, 2.0), lambda: tfd.Laplace(-1.0, 2.0), lambda: tfd.Normal(-1.0, 2.0))
+    for q in (
+      lambda: tfd.Beta(3.0, 4.0),
+      lambda: tfd.Chi2(3.0),
+      lambda: tfd.Exponential(3.0),
+      lambda: tfd.Gamma(3.0, 4.0),
+      lambda: _torch_pareto(3.0, 4.0),
+      lambda: tfd.Uniform(-3.0, 4.0),
+    )
+  ],
+  (lambda: _torch_pareto(2.0, 1.0), lambda: tfd.Chi2(3.0)),
+  (lambda: _torch_pareto(2.0, 1.0), lambda: tfd.Exponential(3.0)),
+  (lambda: _torch_pareto(2.0, 1.0), lambda: tfd.Gamma(3.0, 4.0)),
+  (lambda: _torch_pareto(1.0, 2.0), lambda: tfd.Normal(-3.0, 4.0)),
+  (lambda: tfd.Poisson(2.0), lambda: tfd.Bernoulli(probs=0.5)),
+  (lambda: tfd.Poisson(2.3), lambda: tfd.Binomial(10.0, probs=0.2)),
+  (lambda: tfd.Uniform(-1.0, 1.0), lambda: tfd.Beta(2.0, 2.0)),
+  (lambda: tfd.Uniform(0.0, 2.0), lambda: tfd.Beta(3.0, 4.0)),
+  (lambda: tfd.Uniform(-1.0, 2.0), lambda: tfd.Beta(3.0, 4.0)),
+  (lambda: tfd.Uniform(-1.0, 2.0), lambda: tfd.Chi2(3.0)),
+  (lambda: tfd.Uniform(-1.0, 2.0), lambda: tfd.Exponential(3.0)),
+  (lambda: tfd.Uniform(-1.0, 2.0), lambda: tfd.Gamma(3.0, 4.0)),
+  (lambda: tfd.Uniform(-1.0, 2.0), lambda: _torch_pareto(3.0, 4.0)),
+]  # fmt: skip
+
+
+def test_torch_infinite_examples():
+  got = jax.jit(lambda: jnp.stack([klax.kl_divergence(p(), q()) for p, q in TORCH_INFINITE]))()
+  assert np.all(np.isposinf(got)), np.flatnonzero(~np.isposinf(got))
