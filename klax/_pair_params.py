@@ -26,6 +26,7 @@ PARETO = (tfd.Pareto,)
 BERNOULLI = (distrax.Bernoulli, tfd.Bernoulli)
 POISSON = (tfd.Poisson,)
 BINOMIAL = (tfd.Binomial,)
+CONTINUOUS_BERNOULLI = (tfd.ContinuousBernoulli,)
 
 
 def positive(x) -> jax.Array:
@@ -115,6 +116,13 @@ def binomial(d) -> tuple[jax.Array, jax.Array]:
   return jnp.where(valid, count, 1.0), valid
 
 
+def continuous_bernoulli(d) -> tuple[jax.Array, jax.Array]:
+  """(logit λ, valid) of a ContinuousBernoulli(λ): λ in (0, 1), i.e. a finite logit."""
+  (logits,) = _float(d.logits_parameter())
+  valid = jnp.isfinite(logits)
+  return jnp.where(valid, logits, 0.0), valid
+
+
 def read(d) -> tuple[jax.Array, ...]:
   """The reader's output (parameters..., valid) for any family read here."""
   for types, reader in (
@@ -126,6 +134,7 @@ def read(d) -> tuple[jax.Array, ...]:
     (BERNOULLI, bernoulli_probs),
     (POISSON, poisson_log_rate),
     (BINOMIAL, binomial),
+    (CONTINUOUS_BERNOULLI, continuous_bernoulli),
   ):
     if isinstance(d, types):
       return reader(d)

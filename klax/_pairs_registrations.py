@@ -13,6 +13,7 @@ from tensorflow_probability.substrates import jax as tfp
 
 from klax import _pair_params as params
 from klax import _pairs_continuous as cont
+from klax import _pairs_continuous_bernoulli as cb
 from klax import _pairs_support as support
 
 tfd = tfp.distributions
@@ -36,6 +37,11 @@ PAIRS = [
   (params.BERNOULLI, params.POISSON, cont.kl_bernoulli_poisson),
   (params.BETA, params.UNIFORM, support.kl_beta_uniform),
   (params.GAMMA, params.GAMMA, cont.kl_gamma_gamma),
+  (params.CONTINUOUS_BERNOULLI, params.NORMAL, cb.kl_cb_normal),
+  (params.CONTINUOUS_BERNOULLI, params.EXPONENTIAL, cb.kl_cb_exponential),
+  (params.CONTINUOUS_BERNOULLI, params.UNIFORM, cb.kl_cb_uniform),
+  (params.BETA, params.CONTINUOUS_BERNOULLI, cb.kl_beta_cb),
+  (params.UNIFORM, params.CONTINUOUS_BERNOULLI, cb.kl_uniform_cb),
   *[(types_p, types_q, support.kl_infinite) for types_p, types_q in support.INFINITE],
 ]
 

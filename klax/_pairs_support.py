@@ -2,7 +2,7 @@
 
 KL(p ‖ q) = +inf when p puts mass where q has none: a distribution on the real line against one
 on (0, ∞), [0, 1], [s, ∞) or a bounded interval; one on (0, ∞) against [0, 1], [s, ∞) or an
-interval; Beta against Pareto; Pareto against Beta or Uniform; Poisson against Bernoulli or
+interval (or the continuous Bernoulli's [0, 1]); Beta and the continuous Bernoulli against Pareto; Pareto against Beta or Uniform; Poisson against Bernoulli or
 Binomial. The value is +inf (NaN where a parameter of p or q is invalid) with p's and q's
 broadcast batch shape and dtype; its gradient is zero. Beta(α, β) ‖ Uniform(a, c) is finite,
 log(c − a) − H(Beta), where [0, 1] ⊂ [a, c], and +inf elsewhere.
@@ -19,8 +19,12 @@ from klax import _pairs_continuous
 _LINE = params.NORMAL + params.GUMBEL + params.LAPLACE
 # (p's types, q's types) whose KL is +inf for every valid parameter.
 INFINITE = (
-  (_LINE, params.BETA + params.GAMMA + params.PARETO + params.UNIFORM),
-  (params.GAMMA, params.BETA + params.PARETO + params.UNIFORM),
+  (
+    _LINE,
+    params.BETA + params.GAMMA + params.PARETO + params.UNIFORM + params.CONTINUOUS_BERNOULLI,
+  ),
+  (params.GAMMA, params.BETA + params.PARETO + params.UNIFORM + params.CONTINUOUS_BERNOULLI),
+  (params.CONTINUOUS_BERNOULLI, params.PARETO),
   (params.BETA, params.PARETO),
   (params.PARETO, params.BETA + params.UNIFORM),
   (params.POISSON, params.BERNOULLI + params.BINOMIAL),

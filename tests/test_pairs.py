@@ -15,6 +15,7 @@ import pytest
 import scipy.integrate as si
 import scipy.stats as st
 from tensorflow_probability.substrates import jax as tfp
+from test_conformance_families import ContinuousBernoulli
 
 import klax
 from klax import _pairs_support
@@ -134,6 +135,22 @@ CASES = {
     [_u(1, 8)], _GAMMA_P, tfd.Chi2, distrax.Gamma,
     st.chi2, lambda a, r: st.gamma(a, scale=1 / r), (0, np.inf),
   ),
+  "cb_normal": (
+    [_u(0.05, 0.95)], _LS_Q, lambda p: tfd.ContinuousBernoulli(probs=p), distrax.Normal,
+    ContinuousBernoulli, st.norm, (0, 1),
+  ),
+  "cb_exponential": (
+    [_u(0.05, 0.95)], [_u(0.3, 3)], lambda p: tfd.ContinuousBernoulli(probs=p), tfd.Exponential,
+    ContinuousBernoulli, lambda r: st.expon(scale=1 / r), (0, 1),
+  ),
+  "beta_cb": (
+    [_u(0.6, 6), _u(0.6, 6)], [_u(0.05, 0.95)], distrax.Beta,
+    lambda p: tfd.ContinuousBernoulli(probs=p), st.beta, ContinuousBernoulli, (0, 1),
+  ),
+  "uniform_cb": (
+    _UNIF, [_u(0.05, 0.95)], tfd.Uniform, lambda p: tfd.ContinuousBernoulli(probs=p),
+    lambda a, b: st.uniform(a, b - a), ContinuousBernoulli, None,
+  ),
 }  # fmt: skip
 
 
@@ -203,6 +220,7 @@ def _instances(scale):
     tfd.Pareto: tfd.Pareto(2.0 * s, 1.0),
     distrax.Bernoulli: distrax.Bernoulli(probs=0.5 * s), tfd.Bernoulli: tfd.Bernoulli(probs=0.5 * s),
     tfd.Poisson: tfd.Poisson(s), tfd.Binomial: tfd.Binomial(3.0, probs=0.5 * s),
+    tfd.ContinuousBernoulli: tfd.ContinuousBernoulli(probs=0.3 * s),
   }  # fmt: skip
 
 
@@ -307,6 +325,18 @@ TORCH_INFINITE = [
   (lambda: tfd.Uniform(-1.0, 2.0), lambda: tfd.Exponential(3.0)),
   (lambda: tfd.Uniform(-1.0, 2.0), lambda: tfd.Gamma(3.0, 4.0)),
   (lambda: tfd.Uniform(-1.0, 2.0), lambda: _torch_pareto(3.0, 4.0)),
+  (lambda: _cb(0.25), lambda: tfd.Uniform(0.25, 1.0)),
+  (lambda: _cb(0.25), lambda: tfd.Uniform(0.0, 0.75)),
+  (lambda: _cb(0.25), lambda: tfd.Uniform(0.25, 0.75)),
+  (lambda: _cb(0.25), lambda: _torch_pareto(1.0, 2.0)),
+  (lambda: tfd.Exponential(1.0), lambda: _cb(0.75)),
+  (lambda: tfd.Gamma(1.0, 2.0), lambda: _cb(0.75)),
+  (lambda: tfd.Gumbel(-1.0, 2.0), lambda: _cb(0.75)),
+  (lambda: tfd.Laplace(-1.0, 2.0), lambda: _cb(0.75)),
+  (lambda: tfd.Normal(-1.0, 2.0), lambda: _cb(0.75)),
+  (lambda: tfd.Uniform(-1.0, 1.0), lambda: _cb(0.75)),
+  (lambda: tfd.Uniform(0.0, 2.0), lambda: _cb(0.75)),
+  (lambda: tfd.Uniform(-1.0, 2.0), lambda: _cb(0.75)),
 ]  # fmt: skip
 
 
