@@ -282,6 +282,10 @@ def test_poisson_and_pareto_entropy_against_exact_sums_and_scipy():
   assert np.isnan(klax.entropy(tfd.Poisson(-1.0)))
 
 
+def _cb(probs):
+  return tfd.ContinuousBernoulli(probs=probs)
+
+
 def _torch_pareto(
   scale, alpha
 ):  # torch's Pareto(scale, alpha); TFP's Pareto(concentration, scale).
