@@ -9,15 +9,26 @@ from __future__ import annotations
 
 from typing import Any
 
+import distrax
 import jax
 import jax.numpy as jnp
 from tensorflow_probability.substrates import jax as tfp
 
 from klax import _checks
+from klax import _entropies
 from klax import _entropy
+from klax import _pairs_registrations  # noqa: F401 (registers cross-family pairs)
 from klax import _registrations
 
 tfd = tfp.distributions
+_NORMALS = (
+  distrax.Normal,
+  distrax.MultivariateNormalDiag,
+  distrax.MultivariateNormalTri,
+  distrax.MultivariateNormalFullCovariance,
+  tfd.Normal,
+  tfd.MultivariateNormalLinearOperator,
+)
 
 
 class UnsupportedDistributionError(TypeError):
@@ -48,6 +59,22 @@ def _with_shape(value, shape: tuple[int, ...]) -> jax.Array:
   return value
 
 
+_MIXTURES = (distrax.MixtureSameFamily, distrax.MixtureOfTwo, tfd.MixtureSameFamily, tfd.Mixture)
+
+
+def _estimator(p, q) -> str:
+  """The estimator that applies to a pair with no closed form, as a sentence."""
+  mixtures = [d for d in (p, q) if isinstance(d, _MIXTURES)]
+  if mixtures and all(
+    isinstance(getattr(d, "components_distribution", d), _NORMALS) for d in mixtures
+  ):
+    return (
+      "For Gaussian mixtures use the `klax.kl_divergence_mixture_*` approximations and bounds "
+      "(no sampling), or `klax.kl_divergence_mc(p, q, key, num_samples)`."
+    )
+  return "Estimate it with `klax.kl_divergence_mc(p, q, key, num_samples)` (samples of p)."
+
+
 def kl_divergence(p, q) -> jax.Array:
   """Closed-form KL divergence between two distributions.
 
@@ -68,9 +95,9 @@ def kl_divergence(p, q) -> jax.Array:
     An array of shape `broadcast(p.batch_shape, q.batch_shape)`.
 
   Raises:
-    UnsupportedDistributionError: no closed form for `(type(p), type(q))`. Use
-      `klax.kl_divergence_mc` (or, for Gaussian mixtures, the `klax.kl_divergence_mixture_*`
-      approximations and bounds).
+    UnsupportedDistributionError: no closed form for `(type(p), type(q))`. Its message names
+      the estimator for the pair: the `klax.kl_divergence_mixture_*` approximations and bounds
+      for Gaussian mixtures, `klax.kl_divergence_mc` otherwise.
 
   Examples:
     >>> import distrax, klax
@@ -89,8 +116,7 @@ def kl_divergence(p, q) -> jax.Array:
   except NotImplementedError as error:
     raise UnsupportedDistributionError(
       f"No closed-form KL divergence for p: {_type_name(p)} and q: {_type_name(q)}. "
-      "Estimate it with `klax.kl_divergence_mc(p, q, key, num_samples)`; for Gaussian "
-      "mixtures see the `klax.kl_divergence_mixture_*` approximations and bounds."
+      + _estimator(p, q)
     ) from error
 
 
@@ -110,8 +136,8 @@ def entropy(p) -> jax.Array:
     H(p) in nats, shape `p.batch_shape`.
 
   Raises:
-    UnsupportedDistributionError: `p` has no closed-form entropy (e.g. Poisson, Binomial, a
-      mixture). Use `klax.entropy_mc`.
+    UnsupportedDistributionError: `p` has no closed-form entropy (e.g. Binomial, a mixture).
+      Pareto and Poisson (an exact sum) are klax's own. Use `klax.entropy_mc`.
 
   Examples:
     >>> import distrax, klax
@@ -122,6 +148,9 @@ def entropy(p) -> jax.Array:
   override = _entropy.override(p)
   if override is not None:
     return _with_shape(override(p), tuple(p.batch_shape))
+  rule = _entropies.entropy_rule(p)
+  if rule is not None:
+    return _with_shape(rule(p), tuple(p.batch_shape))
   try:
     return _with_shape(p.entropy(), tuple(p.batch_shape))
   except NotImplementedError as error:
