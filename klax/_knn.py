@@ -52,8 +52,8 @@ def _kl_knn(x: jax.Array, y: jax.Array, k: int) -> jax.Array:
   m = y.shape[0]
   scale = _power_of_two_scale(x, y)
   xs, ys = x * scale, y * scale
-  rho = kth_distinct_distance(xs, xs, k)
-  nu = kth_distinct_distance(xs, ys, k)
+  rho = kth_distinct_distance(xs, xs, k, self_query=True)
+  nu = kth_distinct_distance(xs, ys, k, self_query=False)
   valid = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(y))
   valid = valid & jnp.all(jnp.isfinite(rho)) & jnp.all(jnp.isfinite(nu))
   estimate = d * jnp.mean(jnp.log(nu) - jnp.log(rho)) + math.log(m / (n - 1))
@@ -119,7 +119,7 @@ def _entropy_knn(x: jax.Array, k: int) -> jax.Array:
   n, d = x.shape
   scale = _power_of_two_scale(x, x)
   xs = x * scale
-  rho = kth_distinct_distance(xs, xs, k)
+  rho = kth_distinct_distance(xs, xs, k, self_query=True)
   valid = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(rho))
   log_ball = 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1)
   digammas = jax.scipy.special.digamma(jnp.asarray([n, k], x.dtype))

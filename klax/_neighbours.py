@@ -17,7 +17,9 @@ _TILE_ELEMENTS = 1 << 22  # Brute force: query-block × point-block × d, about 
 _POINT_BLOCK = 2048
 
 
-def _tree_kth_one(queries: np.ndarray, points: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+def _tree_kth_one(
+  queries: np.ndarray, points: np.ndarray, k: int, spare: int
+) -> tuple[np.ndarray, ...]:
   """Index of each query's k-th nearest point at a non-zero distance, and whether it exists."""
   count = queries.shape[0]
   index = np.zeros(count, np.int32)
@@ -28,7 +30,7 @@ def _tree_kth_one(queries: np.ndarray, points: np.ndarray, k: int) -> tuple[np.n
   size = points.shape[0]
   for start in range(0, count, _QUERIES_PER_TREE_CALL):
     pending = np.arange(start, min(start + _QUERIES_PER_TREE_CALL, count))
-    width = min(k + 1, size)  # One spare: the query itself when it is one of the points.
+    width = min(k + spare, size)  # spare = 1 when the queries are the points (each finds itself).
     while pending.size:
       dist, ind = tree.query(queries[pending], k=np.arange(1, width + 1), workers=-1)
       zeros = np.sum(dist == 0, axis=1)  # Sorted: the points at distance 0 come first.
@@ -47,7 +49,7 @@ def _tree_kth_one(queries: np.ndarray, points: np.ndarray, k: int) -> tuple[np.n
   return index, found
 
 
-def _tree_kth(queries: np.ndarray, points: np.ndarray, k: int):
+def _tree_kth(queries: np.ndarray, points: np.ndarray, k: int, spare: int):
   """`_tree_kth_one` over any leading batch dimensions (broadcast between the two arguments)."""
   queries, points = np.asarray(queries), np.asarray(points)
   batch = np.broadcast_shapes(queries.shape[:-2], points.shape[:-2])
@@ -56,18 +58,24 @@ def _tree_kth(queries: np.ndarray, points: np.ndarray, k: int):
   index = np.zeros(batch + queries.shape[-2:-1], np.int32)
   found = np.zeros(index.shape, bool)
   for b in np.ndindex(*batch):
-    index[b], found[b] = _tree_kth_one(queries[b], points[b], k)
+    index[b], found[b] = _tree_kth_one(queries[b], points[b], k, spare)
   return index, found
 
 
-def tree_indices(queries: jax.Array, points: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+def tree_indices(
+  queries: jax.Array, points: jax.Array, k: int, spare: int = 1
+) -> tuple[jax.Array, jax.Array]:
   """k-th nearest distinct neighbour of each query, by scipy's cKDTree (a host callback)."""
   shape = jax.ShapeDtypeStruct(queries.shape[:-1], jnp.int32)
   found = jax.ShapeDtypeStruct(queries.shape[:-1], jnp.bool_)
   # Under vmap the callback receives the batch as leading dimensions ("expand_dims": unbatched
   # arguments get a size-1 one, broadcast on the host without a copy) and loops over it.
   return jax.pure_callback(
-    lambda q, p: _tree_kth(q, p, k), (shape, found), queries, points, vmap_method="expand_dims"
+    lambda q, p: _tree_kth(q, p, k, spare),
+    (shape, found),
+    queries,
+    points,
+    vmap_method="expand_dims",
   )
 
 
@@ -119,15 +127,21 @@ def brute_indices(queries: jax.Array, points: jax.Array, k: int) -> tuple[jax.Ar
   return ids.reshape(-1)[:count], found.reshape(-1)[:count]
 
 
-def kth_distinct_distance(queries: jax.Array, points: jax.Array, k: int) -> jax.Array:
+def kth_distinct_distance(
+  queries: jax.Array, points: jax.Array, k: int, *, self_query: bool
+) -> jax.Array:
   """Distance from each query to its k-th nearest point at a non-zero distance (inf if none).
 
   The neighbour is found without gradients (a k-d tree on CPU, tiled brute force on GPU/TPU,
   chosen by the platform the computation is lowered for); its distance is recomputed from it.
+  `self_query`: the queries are the points (the tree search then asks for one more at once).
   """
   q, p = jax.lax.stop_gradient(queries), jax.lax.stop_gradient(points)
   index, found = jax.lax.platform_dependent(
-    q, p, cpu=lambda a, b: tree_indices(a, b, k), default=lambda a, b: brute_indices(a, b, k)
+    q,
+    p,
+    cpu=lambda a, b: tree_indices(a, b, k, int(self_query)),
+    default=lambda a, b: brute_indices(a, b, k),
   )
   dist, distinct = distances(points[index] - queries)
   return jnp.where(found & distinct, dist, jnp.inf)
