@@ -35,6 +35,7 @@ from klax._fit_step import fit_init
 from klax._fit_step import fit_step
 from klax._gradients import gradient_variance
 from klax._grid import kl_divergence_grid
+from klax._knn import entropy_knn
 from klax._knn import kl_divergence_knn
 from klax._linear import cross_entropy_linear
 from klax._linear import entropy_linear
@@ -100,6 +101,7 @@ __all__ = (
   "cross_entropy_probs",
   "elbo",
   "entropy",
+  "entropy_knn",
   "entropy_linear",
   "entropy_logits",
   "entropy_mc",

@@ -1,15 +1,16 @@
-"""KL divergence estimated from samples alone, by k-nearest-neighbour distances."""
+"""KL divergence and entropy estimated from samples alone, by k-nearest-neighbour distances."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.special
 
 from klax import _checks
-
-_ELEMENTS_PER_CHUNK = 1 << 22  # Distances held in memory at once: about 16 MB in float32.
+from klax._neighbours import kth_distinct_distance
 
 
 def _as_points(x, name: str) -> jax.Array:
@@ -36,26 +37,27 @@ def _power_of_two_scale(x: jax.Array, y: jax.Array) -> jax.Array:
   return jnp.ldexp(jnp.ones((), x.dtype), shift)
 
 
-def _kth_distinct_distance(queries: jax.Array, points: jax.Array, k: int) -> jax.Array:
-  """Distance from each query to its k-th nearest point at a non-zero distance (inf if none).
+def _check_k(k, n: int, m: int | None) -> int:
+  k = _checks.positive_int(k, "k")
+  if m is None and k >= n:
+    raise ValueError(f"`k` must satisfy k < n = {n} (len(x)), got {k}.")
+  if m is not None and (k >= n or k > m):
+    raise ValueError(f"`k` must satisfy k < n = {n} (len(x)) and k <= m = {m} (len(y)), got {k}.")
+  return k
 
-  Euclidean norms are taken as a · ‖v / a‖ with a = max_j |v_j|, so they neither underflow nor
-  overflow where the squared distance would (1e-20 and 1e20 apart in float32).
-  """
 
-  def one_query(query: jax.Array) -> jax.Array:
-    diff = points - query
-    a = jax.lax.stop_gradient(jnp.max(jnp.abs(diff), axis=-1, keepdims=True))
-    distinct = a > 0
-    a = jnp.where(distinct, a, 1.0)
-    squares = jnp.sum(jnp.square(diff / a), axis=-1, keepdims=True)
-    dist = (a * jnp.sqrt(jnp.where(distinct, squares, 1.0)))[:, 0]
-    dist = jnp.where(distinct[:, 0], dist, jnp.inf)
-    neg_smallest, _ = jax.lax.top_k(-dist, k)
-    return -neg_smallest[k - 1]
-
-  batch = max(1, _ELEMENTS_PER_CHUNK // (points.shape[0] * points.shape[1]))
-  return jax.lax.map(one_query, queries, batch_size=min(batch, queries.shape[0]))
+@functools.partial(jax.jit, static_argnames="k")
+def _kl_knn(x: jax.Array, y: jax.Array, k: int) -> jax.Array:
+  n, d = x.shape
+  m = y.shape[0]
+  scale = _power_of_two_scale(x, y)
+  xs, ys = x * scale, y * scale
+  rho = kth_distinct_distance(xs, xs, k, self_query=True)
+  nu = kth_distinct_distance(xs, ys, k, self_query=False)
+  valid = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(y))
+  valid = valid & jnp.all(jnp.isfinite(rho)) & jnp.all(jnp.isfinite(nu))
+  estimate = d * jnp.mean(jnp.log(nu) - jnp.log(rho)) + math.log(m / (n - 1))
+  return jnp.where(valid, estimate, jnp.nan)
 
 
 def kl_divergence_knn(x, y, k: int = 1) -> jax.Array:
@@ -67,15 +69,22 @@ def kl_divergence_knn(x, y, k: int = 1) -> jax.Array:
 
   where ρ_k(i) is the distance from x_i to its k-th nearest neighbour among the other x's,
   ν_k(i) the distance from x_i to its k-th nearest neighbour among the y's, n and m the sample
-  sizes and d the dimension. It is consistent as n, m → ∞ for fixed k; its bias shrinks with n
-  and grows with d.
+  sizes and d the dimension. It is consistent as n, m → ∞ for fixed k. Its bias shrinks with n
+  and grows with d: in 10 dimensions it is positive and several times the standard error at
+  n = 10⁵ (k = 1, two Gaussians), and it shrinks only slowly with n; larger k lowers the
+  variance, not the bias.
 
   Duplicates: points at distance exactly zero from x_i (x_i itself, repeated samples) are skipped,
   so ρ_k and ν_k are distances to the k-th nearest *distinct* point. The estimate is invariant
   to a common scale of x and y: data of any magnitude the dtype holds (1e-30 … 1e30 in float32)
   give the same answer (they are rescaled by a power of two, and norms are formed without
-  squaring). Distances are computed by brute force in chunks of query points (memory
-  O(chunk · (n + m) · d), not O(n · m)). float16/bfloat16 samples are promoted to float32.
+  squaring). float16/bfloat16 samples are promoted to float32.
+
+  Neighbours: on CPU the k-th neighbours are found by scipy's `cKDTree` on the host (a
+  `jax.pure_callback`, O(n log n) for small d); on GPU/TPU by tiled brute force with
+  `lax.top_k` (O(n · m) work, memory of one tile, whatever n and m). Either way only the
+  neighbour's index comes from the search: its distance is recomputed in JAX, so the estimate is
+  differentiable in x and y (almost everywhere) and works under `jit` and `vmap`.
 
   Bad values give NaN (also under `jit`): any NaN or ±inf in x or y, or an x_i with fewer than
   k points at a non-zero distance among the x's or among the y's (the estimate is then
@@ -98,18 +107,59 @@ def kl_divergence_knn(x, y, k: int = 1) -> jax.Array:
     True
   """
   x, y = _as_points(x, "x"), _as_points(y, "y")
-  k = _checks.positive_int(k, "k")
   n, d = x.shape
   m = y.shape[0]
   if y.shape[1] != d:
     raise ValueError(f"`x` and `y` must have the same dimension, got {d} and {y.shape[1]}.")
-  if k >= n or k > m:
-    raise ValueError(f"`k` must satisfy k < n = {n} (len(x)) and k <= m = {m} (len(y)), got {k}.")
-  scale = _power_of_two_scale(x, y)
-  xs, ys = x * scale, y * scale
-  rho = _kth_distinct_distance(xs, xs, k)
-  nu = _kth_distinct_distance(xs, ys, k)
-  valid = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(y))
-  valid = valid & jnp.all(jnp.isfinite(rho)) & jnp.all(jnp.isfinite(nu))
-  estimate = d * jnp.mean(jnp.log(nu) - jnp.log(rho)) + math.log(m / (n - 1))
+  return _kl_knn(x, y, k=_check_k(k, n, m))
+
+
+@functools.partial(jax.jit, static_argnames="k")
+def _entropy_knn(x: jax.Array, k: int) -> jax.Array:
+  n, d = x.shape
+  scale = _power_of_two_scale(x, x)
+  xs = x * scale
+  rho = kth_distinct_distance(xs, xs, k, self_query=True)
+  valid = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(rho))
+  log_ball = 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1)
+  digammas = jax.scipy.special.digamma(jnp.asarray([n, k], x.dtype))
+  estimate = digammas[0] - digammas[1] + log_ball + d * (jnp.mean(jnp.log(rho)) - jnp.log(scale))
   return jnp.where(valid, estimate, jnp.nan)
+
+
+def entropy_knn(x, k: int = 1) -> jax.Array:
+  """Estimate of the differential entropy H(p) = −E_p[log p] from samples x ~ p alone.
+
+  The Kozachenko–Leonenko estimator (Kozachenko & Leonenko 1987; for k > 1, Singh et al. 2003
+  and Goria et al. 2005):
+
+      Ĥ = ψ(n) − ψ(k) + log V_d + (d / n) Σ_i log ρ_k(i),
+
+  where ρ_k(i) is the distance from x_i to its k-th nearest neighbour among the other x's, ψ the
+  digamma function and V_d = π^(d/2) / Γ(d/2 + 1) the volume of the unit ball in d dimensions.
+  It is consistent as n → ∞ for fixed k. Its bias grows with d: in 10 dimensions it is negative
+  for a Gaussian and positive for a uniform on a cube (whose faces make neighbourhoods near them
+  look emptier than they are), in both cases many standard errors at n = 10⁴–10⁵ and shrinking
+  only slowly with n.
+
+  Neighbours, duplicates, scale and bad values as in `kl_divergence_knn`: points at distance
+  zero are skipped (ρ_k is the distance to the k-th nearest *distinct* point), any scale the
+  dtype holds gives the same answer up to the shift log|scale| · d, NaN or ±inf in x, or an x_i
+  with fewer than k points at a non-zero distance, give NaN. Works under `jit`, `vmap` and
+  `grad`.
+
+  Args:
+    x: samples of p, shape [n] (1-D) or [n, d] with d >= 1.
+    k: the neighbour order, 1 <= k < n.
+
+  Returns:
+    A scalar estimate, in nats.
+
+  Examples:
+    >>> import jax, klax, math
+    >>> x = jax.random.normal(jax.random.key(0), (2000, 2))
+    >>> abs(float(klax.entropy_knn(x, k=3)) - math.log(2 * math.pi * math.e)) < 0.05
+    True
+  """
+  x = _as_points(x, "x")
+  return _entropy_knn(x, k=_check_k(k, x.shape[0], None))

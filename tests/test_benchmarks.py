@@ -121,3 +121,15 @@ def test_linear_kl_harness(tmp_path):
     first = [r["first_values"] for r in rows if r["mode"] == mode]
     for other in first[1:]:
       np.testing.assert_allclose(other, first[0], rtol=1e-4)
+
+
+def test_knn_scale_harness(tmp_path):
+  _run("knn_scale.py", tmp_path)
+  rows = json.loads((tmp_path / "knn_scale.json").read_text())["rows"]
+  scale = [r for r in rows if r["case"] == "scale"]
+  assert {(r["n"], r["k"]) for r in scale} == {(1000, 1), (1000, 5)}
+  for row in scale:  # klax and scipy's cKDTree compute the same estimate.
+    assert row["klax_s"] > 0 and row["scipy_s"] > 0
+    np.testing.assert_allclose(row["klax"], row["scipy"], rtol=1e-4, atol=1e-4)
+  bias = [r for r in rows if r["case"] == "bias"]
+  assert len(bias) == 3 and all(np.isfinite(r["mean_error"]) for r in bias)

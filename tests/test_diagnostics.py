@@ -246,3 +246,27 @@ def test_pareto_shape_nan_inf_and_low_precision():
     assert got.dtype == jnp.float32
     np.testing.assert_allclose(got, pareto(low.astype(jnp.float32)), rtol=1e-6)
     assert abs(float(got) - float(pareto(log_weights))) < 0.1
+
+
+def test_basin_report_takes_arrays_of_final_params_and_losses():
+  rng = np.random.default_rng(3)
+  centres = np.array([-3.0, 0.0, 3.0])
+  labels = rng.integers(0, 3, 3000)
+  params = {"loc": centres[labels] + 0.01 * rng.standard_normal(3000), "s": np.ones(3000)}
+  losses = np.abs(centres[labels]) + 0.001 * rng.standard_normal(3000)
+  losses[7] = np.nan  # Left out, as a diverged fit.
+  basins = klax.basin_report(params, final_losses=losses, tolerance=0.2)
+  assert [round(float(b.params["loc"])) for b in basins] == [0, -3, 3] or [
+    round(float(b.params["loc"])) for b in basins
+  ] == [0, 3, -3]
+  expected = {c: set(np.flatnonzero(labels == i)) - {7} for i, c in enumerate(centres)}
+  for basin in basins:
+    assert set(basin.members.tolist()) == expected[round(float(basin.params["loc"]))]
+    np.testing.assert_allclose(basin.params["loc"], params["loc"][basin.members].mean(), rtol=1e-12)
+  result = klax.FitResult(
+    jax.tree.map(jnp.asarray, params), jnp.asarray(losses)[:, None], jnp.full(3000, -1, jnp.int32)
+  )
+  from_result = klax.basin_report(result, tolerance=0.2)
+  assert [b.count for b in from_result] == [b.count for b in basins]
+  with pytest.raises(ValueError, match="pass `final_losses`"):
+    klax.basin_report(params, tolerance=0.2)

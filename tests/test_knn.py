@@ -141,3 +141,65 @@ def test_zero_dimensional_points_are_rejected_by_name():
     klax.kl_divergence_knn(jnp.zeros((5, 0)), jnp.zeros((5, 0)))
   with pytest.raises(ValueError, match=r"`y` must have at least one coordinate per point"):
     klax.kl_divergence_knn(jnp.zeros((5, 2)), jnp.zeros((5, 0)))
+
+
+def test_brute_force_search_finds_the_tree_search_neighbours():
+  """The GPU/TPU path (tiled brute force, run here on CPU) gives the host tree's k-th distances."""
+  from klax import _neighbours
+
+  rng = np.random.default_rng(12)
+  x = rng.standard_normal((300, 3)).astype(np.float32)
+  x[:40] = x[40:80]  # Duplicates, skipped by both.
+  y = rng.standard_normal((2500, 3)).astype(np.float32)  # More points than one block of 2,048.
+  for k in (1, 4):
+    for points in (x, y):
+      idx_tree, found_tree = _neighbours.tree_indices(jnp.asarray(x), jnp.asarray(points), k)
+      idx_brute, found_brute = jax.jit(_neighbours.brute_indices, static_argnums=2)(
+        jnp.asarray(x), jnp.asarray(points), k
+      )
+      assert bool(jnp.all(found_tree)) and bool(jnp.all(found_brute))
+      dist = lambda i, p=points: np.linalg.norm(p[np.asarray(i)] - x, axis=1)  # noqa: E731
+      np.testing.assert_allclose(dist(idx_brute), dist(idx_tree), rtol=1e-6)
+  few = jnp.concatenate([jnp.zeros((5, 1)), jnp.ones((5, 1))])
+  _, found = _neighbours.brute_indices(few, few, 6)
+  assert not bool(jnp.any(found))
+
+
+def _entropy_reference_stderr(x, k):
+  """d · sd(log ρ_k) / √n from a float64 cKDTree: the estimator's standard error, roughly."""
+  import scipy.spatial
+
+  rho, _ = scipy.spatial.cKDTree(x).query(x, k=[k + 1])
+  return x.shape[1] * np.std(np.log(rho[:, 0])) / np.sqrt(len(x))
+
+
+@pytest.mark.parametrize(
+  "name, d, exact",
+  [
+    ("normal", 1, 0.5 * np.log(2 * np.pi * np.e)),
+    ("normal", 3, 1.5 * np.log(2 * np.pi * np.e)),
+    ("uniform", 1, 0.0),
+    ("uniform", 2, 0.0),
+  ],
+)
+def test_entropy_knn_matches_closed_form_entropies_within_4_standard_errors(name, d, exact):
+  key = jax.random.key(13)
+  n, k = 4000, 3
+  x = jax.random.normal(key, (n, d)) if name == "normal" else jax.random.uniform(key, (n, d))
+  got = float(klax.entropy_knn(x, k=k))
+  stderr = _entropy_reference_stderr(np.asarray(x, np.float64), k)
+  assert abs(got - exact) < 4 * stderr, (got, exact, stderr)
+
+
+def test_entropy_knn_jit_vmap_grad_scale_and_bad_values():
+  x = jax.random.normal(jax.random.key(14), (2, 400, 2))
+  eager = klax.entropy_knn(x[0], k=2)
+  np.testing.assert_allclose(jax.vmap(lambda a: klax.entropy_knn(a, k=2))(x)[0], eager, rtol=1e-5)
+  np.testing.assert_allclose(
+    klax.entropy_knn(x[0] * 1e-20, k=2), eager - 2 * np.log(1e20), rtol=1e-5
+  )
+  grad = jax.grad(lambda s: klax.entropy_knn(s * x[0], k=2))(1.0)  # dH/ds = d / s.
+  np.testing.assert_allclose(grad, 2.0, rtol=1e-4)
+  assert jnp.isnan(klax.entropy_knn(x[0].at[0, 0].set(jnp.nan), k=2))
+  with pytest.raises(ValueError, match="`k` must satisfy k < n"):
+    klax.entropy_knn(x[0, :3], k=3)
