@@ -59,6 +59,14 @@ def _with_shape(value, shape: tuple[int, ...]) -> jax.Array:
   return value
 
 
+def _in_dtype_of(p, value: jax.Array) -> jax.Array:
+  """A library's entropy in the dtype of a continuous p (TFP computes some float16 ones in float32)."""
+  dtype = getattr(p, "dtype", None)
+  if dtype is not None and jnp.issubdtype(dtype, jnp.floating) and value.dtype != dtype:
+    return value.astype(dtype)
+  return value
+
+
 _MIXTURES = (distrax.MixtureSameFamily, distrax.MixtureOfTwo, tfd.MixtureSameFamily, tfd.Mixture)
 
 
@@ -152,7 +160,7 @@ def entropy(p) -> jax.Array:
   if rule is not None:
     return _with_shape(rule(p), tuple(p.batch_shape))
   try:
-    return _with_shape(p.entropy(), tuple(p.batch_shape))
+    return _in_dtype_of(p, _with_shape(p.entropy(), tuple(p.batch_shape)))
   except NotImplementedError as error:
     raise UnsupportedDistributionError(
       f"No closed-form entropy for p: {_type_name(p)}. "

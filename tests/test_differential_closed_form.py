@@ -117,7 +117,12 @@ def _softmax(logits):
 def ref_categorical(tp, tq):
   p, q = _softmax(tp), _softmax(tq)
   kl = sum(a * mpmath.log(a / b) for a, b in zip(p, q, strict=True))
-  return kl, _logits_floor(kl, tp, tq)
+  # distrax stores log_softmax(logits) rounded to the dtype: entry i moves by up to
+  # ε (1 + max|t| + log K), which moves the KL by Σ_i |p_i − q_i| times that (its derivative in
+  # q's logits is q − p; a shift common to all entries changes nothing). 32ε · floor covers it.
+  spread = 1 + float(np.max(np.abs(np.concatenate([tp, tq])))) + np.log(len(tp))
+  representation = float(sum(abs(a - b) for a, b in zip(p, q, strict=True))) * spread / 16
+  return kl, _logits_floor(kl, tp, tq) + representation
 
 
 def ref_multinomial(tp, tq):  # (n, logits...): n times the categorical KL.

@@ -316,6 +316,8 @@ def test_low_precision_entropy_keeps_the_dtype_and_its_precision(dtype):
     "Bernoulli": [[2.5], [-8.0], [0.0]],
     "Categorical": [[2.5, 1.5, 0.0], [-8.0, 0.0, 4.0], [0.0, 0.0, 0.0]],
     "Normal": [[0.0, 1.5], [1.0, 0.125], [-3.0, 64.0]],
+    "Laplace": [[0.0, 1.5], [1.0, 0.125], [-3.0, 64.0]],  # TFP's own: computed in float32.
+    "Exponential": [[1.5], [0.125], [64.0]],
   }
   for name, rows in theta.items():
     reference = ENTROPY[name][2]
