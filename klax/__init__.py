@@ -10,13 +10,13 @@ from klax._amortized import AmortizedIWAELoss
 from klax._amortized import ConditionalFamily
 from klax._amortized import amortized_elbo_loss
 from klax._amortized import amortized_iwae_loss
+from klax._basins import Basin
+from klax._basins import basin_report
 from klax._closed_form import UnsupportedDistributionError
 from klax._closed_form import cross_entropy
 from klax._closed_form import entropy
 from klax._closed_form import kl_divergence
-from klax._diagnostics import Basin
 from klax._diagnostics import ReverseKLDiagnostics
-from klax._diagnostics import basin_report
 from klax._diagnostics import pareto_shape
 from klax._diagnostics import reverse_kl_diagnostics
 from klax._discrete import cross_entropy_logits

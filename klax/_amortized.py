@@ -31,7 +31,6 @@ from klax import _variational
 from klax._closed_form import UnsupportedDistributionError
 from klax._closed_form import kl_divergence
 from klax._family import Family
-from klax._family import of_distribution
 from klax._losses import _loss_pytree
 
 KL_TERMS = ("auto", "analytic", "sampled")
@@ -58,7 +57,6 @@ def _observations(data, batch_size, key):
 
 def _draws(loss, params, x, key, log_prior: bool) -> _variational.WeightedDraws:
   """Draws z from q_φ(· | x), log weights log p_θ(x | z) [+ log p(z)] − log q_φ(z | x)."""
-  family = of_distribution(lambda p: loss.encoder.dist(p, x))
 
   def target(z):
     value = jnp.asarray(loss.log_likelihood(params, x, z))
@@ -69,7 +67,9 @@ def _draws(loss, params, x, key, log_prior: bool) -> _variational.WeightedDraws:
       )
     return value + loss.prior.log_prob(z) if log_prior else value
 
-  return _variational.draw(family, jax.vmap(target), params, key, loss.num_samples)
+  return _variational.draw(
+    lambda p: loss.encoder.dist(p, x), jax.vmap(target), params, key, loss.num_samples
+  )
 
 
 def _analytic(loss, params, x) -> bool:

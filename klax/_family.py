@@ -27,15 +27,6 @@ class Family(NamedTuple):
   log_prob: Callable[[Any, jax.Array], jax.Array] | None = None
 
 
-def of_distribution(dist: Callable[[Any], distrax.Distribution]) -> Family:
-  """A family with only `dist` (its `init` raises): for the objectives' internal use."""
-
-  def init(key):
-    raise NotImplementedError("this family has no starting parameters")
-
-  return Family(init, dist)
-
-
 def cached(factory: Callable[..., Any]) -> Callable[..., Any]:
   """`factory` returning the same `Family` object for equal (hashable) arguments.
 

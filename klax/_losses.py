@@ -112,7 +112,7 @@ def variational_draws(
   """
   if gradient not in _variational.GRADIENTS:
     raise ValueError(f"`gradient` must be one of {_variational.GRADIENTS}, got {gradient!r}.")
-  return _variational.draw(family, jax.vmap(log_density), params, key, num_samples, gradient)
+  return _variational.draw(family.dist, jax.vmap(log_density), params, key, num_samples, gradient)
 
 
 def score_function_surrogate(f: jax.Array, log_q: jax.Array) -> jax.Array:

@@ -24,7 +24,6 @@ from jax.typing import ArrayLike
 
 from klax import _checks
 from klax import _variational
-from klax._family import of_distribution
 from klax._losses import ForwardKLLoss
 from klax._losses import IWAELoss
 from klax._losses import RenyiLoss
@@ -182,7 +181,7 @@ def elbo(q, log_density: Callable, key: jax.Array, num_samples: int) -> Estimate
   if not _variational.stratifiable(q):
     x, log_q = sample_and_log_prob(q, key, num_samples)
     return mean_and_stderr(target(x) - log_q)
-  draws = _variational.draw(of_distribution(lambda _: q), target, None, key, num_samples)
+  draws = _variational.draw(lambda _: q, target, None, key, num_samples)
   weights = jnp.exp(draws.log_pi[: draws.log_pi.size // num_samples]) * num_samples
   per_draw = draws.log_w.reshape(num_samples, -1)  # [S, K]
   per_draw = jnp.where(weights > 0, per_draw, 0.0)

@@ -136,15 +136,15 @@ def _stratified_draws(q, key, num_samples):
   return x, log_pi
 
 
-def draw(family, target, params, key, num_samples: int, gradient: str = "reparam") -> WeightedDraws:
-  """Weighted draws from q_θ = family.dist(θ) with the gradient path chosen by `gradient`.
+def draw(dist, target, params, key, num_samples: int, gradient: str = "reparam") -> WeightedDraws:
+  """Weighted draws from q_θ = dist(θ) (a family's `dist`) with the gradient path of `gradient`.
 
   "reparam": pathwise through x and log q_θ(x); "stl": pathwise through x (and the mixture
   weights π) with log q evaluated at stopped parameters; "score": no gradient through x, π = 1/S.
   Shapes are checked while tracing: log p̃ of one point must be a scalar and log q_θ of N draws
   must have shape [N].
   """
-  q = family.dist(params)
+  q = dist(params)
   uniform = jnp.full((num_samples,), -math.log(num_samples))
   if gradient == "score":
     x = jax.lax.stop_gradient(q.sample(seed=key, sample_shape=(num_samples,)))
@@ -158,7 +158,7 @@ def draw(family, target, params, key, num_samples: int, gradient: str = "reparam
         x, log_pi = _stratified_draws(q, key, num_samples)
       else:
         x, log_pi = q.sample(seed=key, sample_shape=(num_samples,)), uniform
-      scored = q if gradient == "reparam" else family.dist(jax.lax.stop_gradient(params))
+      scored = q if gradient == "reparam" else dist(jax.lax.stop_gradient(params))
       log_q = scored.log_prob(x)
   if gradient != "score" and not jnp.issubdtype(x.dtype, jnp.floating):
     raise ValueError(f"`family.dist(params)` samples {x.dtype}: no pathwise gradient exists.")
